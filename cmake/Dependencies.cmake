@@ -1,0 +1,54 @@
+# Finds the Debian packages million builds against; each failure names the package to install
+# (scripts/setup.sh installs all of them).
+
+function(million_require found package what)
+  if(NOT ${found})
+    message(FATAL_ERROR "million needs ${what}: install the Debian package '${package}' "
+                        "(or run scripts/setup.sh, which installs everything).")
+  endif()
+endfunction()
+
+find_package(PkgConfig)
+million_require(PKG_CONFIG_FOUND pkg-config "pkg-config")
+
+find_package(OpenMP)
+million_require(OpenMP_CXX_FOUND libgomp1 "OpenMP (comes with g++)")
+
+find_package(fmt QUIET)
+million_require(fmt_FOUND libfmt-dev "the fmt formatting library")
+
+find_package(nlohmann_json 3 QUIET)
+million_require(nlohmann_json_FOUND nlohmann-json3-dev "nlohmann-json")
+
+find_package(CLI11 QUIET)
+if(NOT CLI11_FOUND)
+  find_path(CLI11_INCLUDE_DIR CLI/CLI.hpp)
+  million_require(CLI11_INCLUDE_DIR libcli11-dev "CLI11")
+  add_library(CLI11::CLI11 INTERFACE IMPORTED)
+  target_include_directories(CLI11::CLI11 INTERFACE ${CLI11_INCLUDE_DIR})
+endif()
+
+pkg_check_modules(SENTENCEPIECE QUIET IMPORTED_TARGET sentencepiece)
+million_require(SENTENCEPIECE_FOUND libsentencepiece-dev "SentencePiece")
+add_library(million::sentencepiece ALIAS PkgConfig::SENTENCEPIECE)
+
+# OpenBLAS, OpenMP build: GEMM called inside our OpenMP regions then runs on the calling thread
+# instead of starting a second thread pool that fights ours for the cores.
+find_library(MILLION_OPENBLAS_LIB NAMES openblas
+  PATHS /usr/lib/x86_64-linux-gnu/openblas-openmp /usr/lib/aarch64-linux-gnu/openblas-openmp
+  NO_DEFAULT_PATH)
+million_require(MILLION_OPENBLAS_LIB libopenblas-openmp-dev "OpenBLAS built with OpenMP")
+find_path(MILLION_CBLAS_INCLUDE cblas.h PATH_SUFFIXES openblas x86_64-linux-gnu/openblas-openmp)
+million_require(MILLION_CBLAS_INCLUDE libopenblas-dev "the CBLAS header")
+add_library(million::blas INTERFACE IMPORTED)
+target_link_libraries(million::blas INTERFACE ${MILLION_OPENBLAS_LIB})
+target_include_directories(million::blas INTERFACE ${MILLION_CBLAS_INCLUDE})
+
+if(MILLION_BUILD_TESTS)
+  find_package(GTest QUIET)
+  million_require(GTest_FOUND libgtest-dev "GoogleTest")
+endif()
+if(MILLION_BUILD_BENCH)
+  find_package(benchmark QUIET)
+  million_require(benchmark_FOUND libbenchmark-dev "Google Benchmark")
+endif()

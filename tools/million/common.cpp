@@ -1,0 +1,86 @@
+// Model + tokenizer loading and runtime options shared by the subcommands.
+#include "common.h"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "core/memory.h"
+#include "core/threads.h"
+#include "million/error.h"
+#include "million/log.h"
+#include "million/simd.h"
+
+#ifndef MILLION_GIT_COMMIT
+#define MILLION_GIT_COMMIT "unknown"
+#endif
+
+namespace million::cli {
+
+namespace fs = std::filesystem;
+
+LoadedModel load_model(const std::string& path, const std::string& tokenizer, bool need_tokenizer) {
+  LoadedModel out;
+  out.path = path;
+  ModelWeights w = load_weights(path);
+  log_info("model: {} ({}, {} of f32 weights)", path, w.config.summary(), format_bytes(w.bytes()));
+  const bool is_dir = fs::is_directory(path);
+  std::string tok = tokenizer;
+  if (tok.empty()) {
+    if (is_dir && fs::exists(fs::path(path) / "tokenizer.model")) {
+      tok = (fs::path(path) / "tokenizer.model").string();
+    } else if (!is_dir && fs::exists(fs::path(path).parent_path() / "tok512.bin")) {
+      tok = (fs::path(path).parent_path() / "tok512.bin").string();
+    }
+  }
+  if (!tok.empty()) {
+    if (fs::path(tok).extension() == ".bin") {
+      out.tokenizer = load_llama2c_tokenizer(tok, w.config.vocab_size);
+    } else {
+      out.tokenizer = load_sentencepiece_tokenizer(tok);
+    }
+    if (out.tokenizer->vocab_size() > w.config.vocab_size) {
+      throw FormatError(fmt::format("tokenizer '{}' has {} tokens but the model's vocabulary is {}", tok,
+                                    out.tokenizer->vocab_size(), w.config.vocab_size));
+    }
+  } else if (need_tokenizer) {
+    throw IoError(fmt::format("no tokenizer found for '{}': expected tokenizer.model in the model directory or "
+                              "tok512.bin beside a llama2.c checkpoint; pass --tokenizer FILE",
+                              path));
+  }
+  out.model = std::make_unique<Model>(std::move(w));
+  return out;
+}
+
+void apply_runtime_options(int threads, const std::string& simd) {
+  set_num_threads(threads);
+  if (!simd.empty()) set_simd_level(parse_simd_level(simd));
+}
+
+void install_log_sink(int verbosity) {
+  set_log_level(verbosity >= 2 ? LogLevel::kDebug : verbosity == 1 ? LogLevel::kInfo : LogLevel::kWarn);
+  set_log_sink([](LogLevel level, std::string_view msg) {
+    const char* prefix = level == LogLevel::kWarn ? "warning: " : level == LogLevel::kError ? "error: " : "";
+    std::fprintf(stderr, "%s%.*s\n", prefix, static_cast<int>(msg.size()), msg.data());
+  });
+}
+
+std::string machine_description() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, model = "unknown CPU";
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  return fmt::format("{} ({} cores, {} available memory)", model, std::thread::hardware_concurrency(),
+                     format_bytes(available_memory_bytes()));
+}
+
+std::string build_commit() { return MILLION_GIT_COMMIT; }
+
+}  // namespace million::cli
