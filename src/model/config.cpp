@@ -4,7 +4,10 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "million/error.h"
 
@@ -14,26 +17,40 @@ using nlohmann::json;
 
 namespace {
 
+// json::get<int> would silently truncate 64.5, wrap 4294967360 to 64 and read true as 1, so
+// integer fields must be JSON integers that fit T, and numeric fields must be numbers.
+template <class T>
+T convert(const json& v, const char* key, const std::string& source) {
+  auto wrong_type = [&] { return FormatError(fmt::format("{}: field '{}' has the wrong type ({})", source, key, v.dump())); };
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    if (!v.is_number_integer()) throw wrong_type();
+    const bool fits = v.is_number_unsigned()
+                          ? v.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())
+                          : v.get<std::int64_t>() >= std::numeric_limits<T>::min() &&
+                                v.get<std::int64_t>() <= std::numeric_limits<T>::max();
+    if (!fits) throw FormatError(fmt::format("{}: field '{}' is out of range ({})", source, key, v.dump()));
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!v.is_number()) throw wrong_type();
+  }
+  try {
+    return v.get<T>();
+  } catch (const json::exception&) {
+    throw wrong_type();
+  }
+}
+
 template <class T>
 T get_required(const json& j, const char* key, const std::string& source) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) throw FormatError(fmt::format("{}: missing required field '{}'", source, key));
-  try {
-    return it->get<T>();
-  } catch (const json::exception&) {
-    throw FormatError(fmt::format("{}: field '{}' has the wrong type ({})", source, key, it->dump()));
-  }
+  return convert<T>(*it, key, source);
 }
 
 template <class T>
 T get_optional(const json& j, const char* key, T fallback, const std::string& source) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  try {
-    return it->get<T>();
-  } catch (const json::exception&) {
-    throw FormatError(fmt::format("{}: field '{}' has the wrong type ({})", source, key, it->dump()));
-  }
+  return convert<T>(*it, key, source);
 }
 
 void parse_rope(const json& j, ModelConfig& c, const std::string& source) {
@@ -70,12 +87,12 @@ void parse_rope(const json& j, ModelConfig& c, const std::string& source) {
 std::vector<int> parse_eos(const json& j, const std::string& source) {
   auto it = j.find("eos_token_id");
   if (it == j.end() || it->is_null()) return {};
-  if (it->is_number_integer()) return {it->get<int>()};
+  if (it->is_number_integer()) return {convert<int>(*it, "eos_token_id", source)};
   if (it->is_array()) {
     std::vector<int> ids;
     for (const auto& e : *it) {
       if (!e.is_number_integer()) throw FormatError(fmt::format("{}: eos_token_id has a non-integer entry", source));
-      ids.push_back(e.get<int>());
+      ids.push_back(convert<int>(e, "eos_token_id", source));
     }
     return ids;
   }
@@ -120,7 +137,8 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& sou
   c.norm_eps = static_cast<float>(get_optional<double>(j, "rms_norm_eps", 1e-6, source));
   c.head_dim = get_optional<int>(j, "head_dim", 0, source);
   if (c.head_dim == 0 && c.n_heads > 0) c.head_dim = c.hidden_size / c.n_heads;
-  c.tied_embeddings = get_optional<bool>(j, "tie_word_embeddings", arch == "Qwen2ForCausalLM", source);
+  // transformers' default is false for all three architectures (Qwen2 checkpoints that tie say so).
+  c.tied_embeddings = get_optional<bool>(j, "tie_word_embeddings", false, source);
   c.rope_layout = RopeLayout::kHalf;
   c.bos_id = get_optional<int>(j, "bos_token_id", 1, source);
   c.eos_ids = parse_eos(j, source);

@@ -1,12 +1,12 @@
 // llama2.c checkpoint loader (legacy format). The header is validated and the exact file size
-// the header implies is checked before any tensor is read.
+// the header implies is checked before any tensor is read; matrices point into the mapped file.
 #include <fmt/format.h>
 
 #include <cstring>
+#include <limits>
 
 #include "core/checked.h"
 #include "core/mapped_file.h"
-#include "core/memory.h"
 #include "million/error.h"
 #include "model/weights.h"
 
@@ -19,17 +19,25 @@ std::vector<float> take_floats(ByteReader& r, std::int64_t count, const char* wh
   std::memcpy(out.data(), p, static_cast<std::size_t>(count) * 4);
   return out;
 }
+WeightMatrix take_matrix(ByteReader& r, std::int64_t rows, std::int64_t cols, const char* what) {
+  WeightMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.dtype = WeightDType::kF32;
+  m.data = r.take(static_cast<std::size_t>(checked_mul(checked_mul(rows, cols, what), 4, what)), what);
+  return m;
+}
 }  // namespace
 
 ModelWeights load_llama2c_weights(const std::string& path) {
-  MappedFile file(path, "llama2.c checkpoint");
-  ByteReader r(file.data(), file.size(), path);
+  auto file = std::make_shared<MappedFile>(path, "llama2.c checkpoint");
+  ByteReader r(file->data(), file->size(), path);
   std::int32_t h[7];
   for (auto& x : h) x = r.read<std::int32_t>("header");
   const std::int32_t dim = h[0], hidden = h[1], n_layers = h[2], n_heads = h[3], n_kv = h[4], seq_len = h[6];
   std::int32_t vocab = h[5];
   const bool shared = vocab > 0;
-  if (vocab < 0) vocab = -vocab;
+  if (vocab < 0) vocab = vocab == std::numeric_limits<std::int32_t>::min() ? 0 : -vocab;  // 0 fails validate()
 
   ModelConfig c;
   c.architecture = "llama2.c";
@@ -46,7 +54,9 @@ ModelWeights load_llama2c_weights(const std::string& path) {
   c.rope_layout = RopeLayout::kInterleaved;
   c.tied_embeddings = shared;
   c.bos_id = 1;
-  c.eos_ids = {2};
+  // TinyStories checkpoints mark story boundaries with BOS (llama2.c's run.c stops on it); EOS
+  // never occurs in their training data but ends a sequence too if it comes.
+  c.eos_ids = {1, 2};
   if (n_heads <= 0 || dim % n_heads != 0) {
     throw FormatError(fmt::format("{}: header dim {} is not a multiple of n_heads {}; not a llama2.c checkpoint?",
                                   path, dim, n_heads));
@@ -59,30 +69,32 @@ ModelWeights load_llama2c_weights(const std::string& path) {
   expected = checked_add(expected, D + 2 * checked_mul(seq_len, half, path), path);
   if (!shared) expected = checked_add(expected, checked_mul(V, D, path), path);
   const std::int64_t expected_bytes = checked_add(28, checked_mul(expected, 4, path), path);
-  if (static_cast<std::int64_t>(file.size()) != expected_bytes) {
+  if (static_cast<std::int64_t>(file->size()) != expected_bytes) {
     throw FormatError(fmt::format("{}: file is {} bytes but its header ({}) implies {} bytes; the file is truncated "
                                   "or not a llama2.c checkpoint",
-                                  path, file.size(), c.summary(), expected_bytes));
+                                  path, file->size(), c.summary(), expected_bytes));
   }
 
   ModelWeights w;
   w.config = c;
   w.source = path;
-  w.tok_embd = take_floats(r, V * D, "token_embedding");
+  w.storage.push_back(file);
+  // Tensors are stored grouped by kind across layers: all rms_att, then all wq, ... The 28-byte
+  // header keeps every f32 tensor 4-byte aligned in the page-aligned mapping.
+  w.tok_embd = take_matrix(r, V, D, "token_embedding");
   w.layers.resize(static_cast<std::size_t>(L));
-  // Tensors are stored grouped by kind across layers: all rms_att, then all wq, ...
   for (auto& l : w.layers) l.attn_norm = take_floats(r, D, "rms_att");
-  for (auto& l : w.layers) l.wq = take_floats(r, D * D, "wq");
-  for (auto& l : w.layers) l.wk = take_floats(r, KV * D, "wk");
-  for (auto& l : w.layers) l.wv = take_floats(r, KV * D, "wv");
-  for (auto& l : w.layers) l.wo = take_floats(r, D * D, "wo");
+  for (auto& l : w.layers) l.wq = take_matrix(r, D, D, "wq");
+  for (auto& l : w.layers) l.wk = take_matrix(r, KV, D, "wk");
+  for (auto& l : w.layers) l.wv = take_matrix(r, KV, D, "wv");
+  for (auto& l : w.layers) l.wo = take_matrix(r, D, D, "wo");
   for (auto& l : w.layers) l.ffn_norm = take_floats(r, D, "rms_ffn");
-  for (auto& l : w.layers) l.w_gate = take_floats(r, F * D, "w1");
-  for (auto& l : w.layers) l.w_down = take_floats(r, D * F, "w2");
-  for (auto& l : w.layers) l.w_up = take_floats(r, F * D, "w3");
+  for (auto& l : w.layers) l.w_gate = take_matrix(r, F, D, "w1");
+  for (auto& l : w.layers) l.w_down = take_matrix(r, D, F, "w2");
+  for (auto& l : w.layers) l.w_up = take_matrix(r, F, D, "w3");
   w.final_norm = take_floats(r, D, "rms_final");
   r.take(static_cast<std::size_t>(2 * seq_len * half * 4), "legacy RoPE tables");
-  if (!shared) w.lm_head = take_floats(r, V * D, "wcls");
+  if (!shared) w.lm_head = take_matrix(r, V, D, "wcls");
   return w;
 }
 

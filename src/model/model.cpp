@@ -1,7 +1,6 @@
 // Forward pass (see model.h).
 #include "model/model.h"
 
-#include <cblas.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -13,15 +12,6 @@
 namespace million {
 
 namespace {
-
-/// y[n, out] = x[n, in] W[out, in]^T + beta * y. GEMV for one row, GEMM otherwise.
-void linear(const float* x, const float* w, float* y, int n, int in, int out, float beta) {
-  if (n == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w, in, x, 1, beta, y, 1);
-  } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, beta, y, out);
-  }
-}
 
 void add_bias(float* y, const std::vector<float>& b, int n) {
   if (b.empty()) return;
@@ -78,11 +68,11 @@ void Model::forward(const int* tokens, int n, std::int64_t pos0, KVCache& cache,
                                         cache.shape().capacity));
   }
   ensure_scratch(n);
-  const int H = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_hidden;
+  simd_ = active_simd_level();  // chosen once per call
+  const int H = c.hidden_size, F = c.ffn_hidden;
 
   for (int i = 0; i < n; ++i) {
-    std::memcpy(x_.data() + static_cast<std::int64_t>(i) * H,
-                weights_.tok_embd.data() + static_cast<std::int64_t>(tokens[i]) * H, static_cast<std::size_t>(H) * 4);
+    weight_row_f32(weights_.tok_embd, tokens[i], x_.data() + static_cast<std::int64_t>(i) * H, simd_);
   }
   RopeTable rope;
   rope.compute(inv_freq_, pos0, n);
@@ -90,9 +80,9 @@ void Model::forward(const int* tokens, int n, std::int64_t pos0, KVCache& cache,
   for (int layer = 0; layer < c.n_layers; ++layer) {
     const LayerWeights& w = weights_.layers[static_cast<std::size_t>(layer)];
     rmsnorm(x_.data(), w.attn_norm.data(), xn_.data(), n, H, c.norm_eps);
-    linear(xn_.data(), w.wq.data(), q_.data(), n, H, Q, 0.0f);
-    linear(xn_.data(), w.wk.data(), k_.data(), n, H, KV, 0.0f);
-    linear(xn_.data(), w.wv.data(), v_.data(), n, H, KV, 0.0f);
+    matmul(w.wq, xn_.data(), n, q_.data(), 0.0f, simd_);
+    matmul(w.wk, xn_.data(), n, k_.data(), 0.0f, simd_);
+    matmul(w.wv, xn_.data(), n, v_.data(), 0.0f, simd_);
     add_bias(q_.data(), w.bq, n);
     add_bias(k_.data(), w.bk, n);
     add_bias(v_.data(), w.bv, n);
@@ -100,20 +90,20 @@ void Model::forward(const int* tokens, int n, std::int64_t pos0, KVCache& cache,
     rope_apply(k_.data(), n, c.n_kv_heads, c.head_dim, c.rope_layout, rope);
     cache.append(layer, pos0, n, k_.data(), v_.data());
     cache.attend(layer, pos0, n, q_.data(), att_.data());
-    linear(att_.data(), w.wo.data(), x_.data(), n, Q, H, 1.0f);  // residual add through beta = 1
+    matmul(w.wo, att_.data(), n, x_.data(), 1.0f, simd_);  // residual add through beta = 1
 
     rmsnorm(x_.data(), w.ffn_norm.data(), xn_.data(), n, H, c.norm_eps);
-    linear(xn_.data(), w.w_gate.data(), gate_.data(), n, H, F, 0.0f);
-    linear(xn_.data(), w.w_up.data(), up_.data(), n, H, F, 0.0f);
+    matmul(w.w_gate, xn_.data(), n, gate_.data(), 0.0f, simd_);
+    matmul(w.w_up, xn_.data(), n, up_.data(), 0.0f, simd_);
     swiglu(gate_.data(), up_.data(), static_cast<std::int64_t>(n) * F);
-    linear(gate_.data(), w.w_down.data(), x_.data(), n, F, H, 1.0f);
+    matmul(w.w_down, gate_.data(), n, x_.data(), 1.0f, simd_);
   }
   cache.commit(pos0 + n);
 
   const int first = all_logits ? 0 : n - 1;
   const int rows = n - first;
   rmsnorm(x_.data() + static_cast<std::int64_t>(first) * H, weights_.final_norm.data(), xn_.data(), rows, H, c.norm_eps);
-  linear(xn_.data(), weights_.output_matrix(), logits, rows, H, c.vocab_size, 0.0f);
+  matmul(weights_.output_matrix(), xn_.data(), rows, logits, 0.0f, simd_);
 }
 
 void Model::prefill(const std::vector<int>& tokens, KVCache& cache, float* last_logits, int chunk) {

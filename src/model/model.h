@@ -35,6 +35,7 @@ class Model {
   void ensure_scratch(int n);
 
   ModelWeights weights_;
+  SimdLevel simd_ = SimdLevel::kScalar;
   std::vector<float> inv_freq_;  // RoPE inverse frequencies, head_dim/2
   // Scratch, sized for the largest chunk seen: [n, dim] row-major each.
   int scratch_tokens_ = 0;

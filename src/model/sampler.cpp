@@ -19,6 +19,7 @@ void SamplerOptions::validate() const {
 }
 
 int argmax(const float* logits, int n) {
+  if (n <= 0) throw InvalidArgumentError(fmt::format("cannot pick a token from {} logits", n));
   int best = 0;
   for (int i = 0; i < n; ++i) {
     if (std::isnan(logits[i])) throw InvalidArgumentError(fmt::format("logit {} is NaN", i));
@@ -30,9 +31,13 @@ int argmax(const float* logits, int n) {
 Sampler::Sampler(const SamplerOptions& options) : opt_(options), rng_(options.seed) { opt_.validate(); }
 
 int Sampler::sample(const float* logits, int n) {
-  if (opt_.temperature == 0.0f) return argmax(logits, n);
+  if (opt_.temperature == 0.0f || n <= 0) return argmax(logits, n);
   cand_.resize(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) cand_[static_cast<std::size_t>(i)] = {logits[i], i};
+  for (int i = 0; i < n; ++i) {
+    // A NaN would break the sort's ordering (undefined behaviour) and the softmax.
+    if (std::isnan(logits[i])) throw InvalidArgumentError(fmt::format("logit {} is NaN", i));
+    cand_[static_cast<std::size_t>(i)] = {logits[i], i};
+  }
   auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
   std::size_t keep = cand_.size();
   if (opt_.top_k > 0 && static_cast<std::size_t>(opt_.top_k) < keep) {

@@ -24,6 +24,7 @@ struct BenchArgs {
   std::vector<std::int64_t> depths{512, 2048, 4096};
   std::vector<int> threads{1, 2};
   std::vector<std::string> kvs{"f32"};
+  std::vector<std::string> weights{"native"};
   int n_decode = 32;
   int reps = 3;
   int chunk = 512;
@@ -43,32 +44,15 @@ Stat stats(const std::vector<double>& v) {
   return s;
 }
 
-void run_bench(const BenchArgs& a, int verbosity) {
-  install_log_sink(verbosity);
-  if (!a.simd.empty()) set_simd_level(parse_simd_level(a.simd));
-  LoadedModel lm = load_model(a.model, "", false);
+// One row per (kv, threads, depth) for the model loaded with one weights mode.
+void bench_model(const BenchArgs& a, const std::string& wmode, std::ofstream& csv) {
+  LoadedModel lm = load_model(a.model, "", false, wmode);
   Model& model = *lm.model;
   const ModelConfig& cfg = model.config();
   const double weight_bytes = static_cast<double>(model.weights().bytes());
+  const std::string wname = model.weights().matrix_dtype();
   std::mt19937 rng(42);
   std::uniform_int_distribution<int> tok(0, cfg.vocab_size - 1);
-
-  std::string header = fmt::format(
-      "model: {} ({})\nmachine: {}\ncommit: {}; simd {}; weights f32 ({}); prefill chunk {}; {} decode tokens "
-      "timed after each prefill; {} repetitions (mean ± sd)\n\n",
-      a.model, cfg.summary(), machine_description(), build_commit(), simd_level_name(active_simd_level()),
-      format_bytes(static_cast<std::int64_t>(weight_bytes)), a.chunk, a.n_decode, a.reps);
-  std::string table =
-      "| kv | threads | depth | prefill tok/s | decode tok/s | decode ms/tok | decode GB/s (weights + KV read) |\n"
-      "|---|---:|---:|---:|---:|---:|---:|\n";
-  std::ofstream csv;
-  if (!a.csv.empty()) {
-    csv.open(a.csv);
-    if (!csv) throw IoError("cannot write " + a.csv);
-    csv << "model,kv,threads,depth,prefill_tok_s_mean,prefill_tok_s_sd,decode_tok_s_mean,decode_tok_s_sd,decode_gb_s,commit,simd\n";
-  }
-  std::fputs(header.c_str(), stdout);
-  std::fputs(table.c_str(), stdout);
   for (const std::string& kv : a.kvs) {
     for (int th : a.threads) {
       set_num_threads(th);
@@ -102,18 +86,39 @@ void run_bench(const BenchArgs& a, int verbosity) {
         // Bytes one decode step reads: all weights once + K/V of the average depth of the timed steps.
         const double kv_read = cache->bytes_per_token() * (static_cast<double>(n_prefill) + a.n_decode / 2.0);
         const double gbs = (weight_bytes + kv_read) * d.mean / 1e9;
-        std::string row = fmt::format("| {} | {} | {} | {:.1f} ± {:.1f} | {:.1f} ± {:.1f} | {:.2f} | {:.1f} |\n", kv, th,
-                                      depth, p.mean, p.sd, d.mean, d.sd, 1000.0 / d.mean, gbs);
+        std::string row = fmt::format("| {} | {} | {} | {} | {:.1f} ± {:.1f} | {:.1f} ± {:.1f} | {:.2f} | {:.1f} |\n",
+                                      wname, kv, th, depth, p.mean, p.sd, d.mean, d.sd, 1000.0 / d.mean, gbs);
         std::fputs(row.c_str(), stdout);
         std::fflush(stdout);
-        table += row;
         if (csv) {
-          csv << fmt::format("{},{},{},{},{:.2f},{:.2f},{:.2f},{:.2f},{:.2f},{},{}\n", a.model, kv, th, depth, p.mean,
-                             p.sd, d.mean, d.sd, gbs, build_commit(), simd_level_name(active_simd_level()));
+          csv << fmt::format("{},{},{},{},{},{:.2f},{:.2f},{:.2f},{:.2f},{:.2f},{},{}\n", a.model, wname, kv, th, depth,
+                             p.mean, p.sd, d.mean, d.sd, gbs, build_commit(), simd_level_name(active_simd_level()));
         }
       }
     }
   }
+}
+
+void run_bench(const BenchArgs& a, int verbosity) {
+  install_log_sink(verbosity);
+  if (!a.simd.empty()) set_simd_level(parse_simd_level(a.simd));
+  const std::string header = fmt::format(
+      "model: {}\nmachine: {}\ncommit: {}; simd {}; prefill chunk {}; {} decode tokens timed after each "
+      "prefill; {} repetitions after a warm-up (mean ± sd); random token ids\n\n",
+      a.model, machine_description(), build_commit(), simd_level_name(active_simd_level()), a.chunk, a.n_decode, a.reps);
+  const std::string table_head =
+      "| weights | kv | threads | depth | prefill tok/s | decode tok/s | decode ms/tok | decode GB/s (weights + KV read) |\n"
+      "|---|---|---:|---:|---:|---:|---:|---:|\n";
+  std::ofstream csv;
+  if (!a.csv.empty()) {
+    csv.open(a.csv);
+    if (!csv) throw IoError("cannot write " + a.csv);
+    csv << "model,weights,kv,threads,depth,prefill_tok_s_mean,prefill_tok_s_sd,decode_tok_s_mean,decode_tok_s_sd,"
+           "decode_gb_s,commit,simd\n";
+  }
+  std::fputs(header.c_str(), stdout);
+  std::fputs(table_head.c_str(), stdout);
+  for (const std::string& wmode : a.weights) bench_model(a, wmode, csv);
 }
 
 }  // namespace
@@ -126,6 +131,7 @@ void register_bench(CLI::App& app, int& verbosity) {
       ->delimiter(',')->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "Thread counts to measure")->delimiter(',')->capture_default_str();
   cmd->add_option("--kv", args->kvs, "KV caches to measure: " + kv_cache_names())->delimiter(',')->capture_default_str();
+  cmd->add_option("--weights", args->weights, "Weight modes to measure: native, f32")->delimiter(',')->capture_default_str();
   cmd->add_option("--n-decode", args->n_decode, "Decode steps timed per repetition")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("-r,--reps", args->reps, "Repetitions (after one warm-up)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--chunk", args->chunk, "Prefill chunk")->capture_default_str()->check(CLI::PositiveNumber);

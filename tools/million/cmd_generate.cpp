@@ -31,6 +31,7 @@ struct GenerateArgs {
   std::int64_t ctx = 0;
   int threads = 0;
   std::string kv = "f32";
+  std::string weights = "native";
   std::string simd;
   int chunk = 512;
   bool truncate = false;
@@ -52,7 +53,7 @@ std::string read_prompt(const GenerateArgs& a) {
 void run_generate(const GenerateArgs& a, int verbosity) {
   install_log_sink(a.quiet ? 0 : verbosity);
   apply_runtime_options(a.threads, a.simd);
-  LoadedModel lm = load_model(a.model, a.tokenizer, true);
+  LoadedModel lm = load_model(a.model, a.tokenizer, true, a.weights);
   Model& model = *lm.model;
   const ModelConfig& cfg = model.config();
   const Tokenizer& tok = *lm.tokenizer;
@@ -141,6 +142,9 @@ void register_generate(CLI::App& app, int& verbosity) {
   cmd->add_flag("--truncate", args->truncate, "Drop the oldest prompt tokens if prompt + n exceeds the context");
   cmd->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--kv", args->kv, "KV cache: " + kv_cache_names())->capture_default_str();
+  cmd->add_option("--weights", args->weights,
+                  "Weight matrices in memory: native (the file's dtype, read from the mapped file) or f32 (converted at load)")
+      ->capture_default_str();
   cmd->add_option("--simd", args->simd, "Force a SIMD level: scalar, avx2, avx512 (default: best supported; env MILLION_SIMD)");
   cmd->add_option("--chunk", args->chunk, "Prompt tokens per forward pass during prefill")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_flag("-q,--quiet", args->quiet, "Only warnings and errors on stderr");

@@ -22,11 +22,17 @@ namespace million::cli {
 
 namespace fs = std::filesystem;
 
-LoadedModel load_model(const std::string& path, const std::string& tokenizer, bool need_tokenizer) {
+LoadedModel load_model(const std::string& path, const std::string& tokenizer, bool need_tokenizer,
+                       const std::string& weights) {
+  if (weights != "native" && weights != "f32") {
+    throw InvalidArgumentError(fmt::format("--weights '{}' must be 'native' or 'f32'", weights));
+  }
   LoadedModel out;
   out.path = path;
-  ModelWeights w = load_weights(path);
-  log_info("model: {} ({}, {} of f32 weights)", path, w.config.summary(), format_bytes(w.bytes()));
+  WeightsOptions wopt;
+  wopt.to_f32 = weights == "f32";
+  ModelWeights w = load_weights(path, wopt);
+  log_info("model: {} ({}; {} of {} weights)", path, w.config.summary(), format_bytes(w.bytes()), w.matrix_dtype());
   const bool is_dir = fs::is_directory(path);
   std::string tok = tokenizer;
   if (tok.empty()) {

@@ -18,7 +18,9 @@ struct LoadedModel {
 
 /// Loads weights from `path` (HF directory or llama2.c .bin) and its tokenizer: `tokenizer`
 /// if given, else tokenizer.model in the directory, else tok512.bin beside a .bin file.
-LoadedModel load_model(const std::string& path, const std::string& tokenizer, bool need_tokenizer);
+/// `weights`: "native" (matrices stay in the file's dtype) or "f32" (converted at load).
+LoadedModel load_model(const std::string& path, const std::string& tokenizer, bool need_tokenizer,
+                       const std::string& weights = "native");
 
 /// Applies --threads and --simd (empty = keep detection / $MILLION_SIMD).
 void apply_runtime_options(int threads, const std::string& simd);

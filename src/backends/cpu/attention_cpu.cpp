@@ -23,7 +23,8 @@ namespace {
 
 constexpr int kGemmMinQueries = 8;    // below this, GEMM tiles are too thin to beat dot products
 constexpr int kQueryBlock = 64;       // prefill queries per GEMM tile: S is 64 x n_keys floats
-constexpr std::int64_t kMinSplitKeys = 512;  // a split's keys: 512 x 128 x 4 B = 256 KiB of K+V at f16
+constexpr std::int64_t kMinSplitKeys = 512;
+constexpr std::int64_t kTileKeys = 64;  // f16 rows converted per step: 64 x 128 x 4 B = 32 KiB, fits L1/L2  // a split's keys: 512 x 128 x 4 B = 256 KiB of K+V at f16
 
 struct SoftmaxState {  // partial attention result of one head over one key range
   float max = -std::numeric_limits<float>::infinity();
@@ -33,12 +34,13 @@ struct SoftmaxState {  // partial attention result of one head over one key rang
 void decode_attention(const DenseAttentionArgs& a, const CpuKernels& kern) {
   const int group = a.n_heads / a.n_kv_heads;
   const int d = a.head_dim;
-  // Number of key splits: enough work items for every thread, no split under kMinSplitKeys.
-  const std::int64_t max_keys = a.n_keys();
+  // Number of key splits: enough work items for every thread, no split under kMinSplitKeys
+  // (judged on query 0, which sees the fewest keys).
+  const std::int64_t min_keys = a.pos0 - a.first_key(0) + 1;
   const int threads = omp_get_max_threads();
   const int items_per_split = a.n_queries * a.n_kv_heads;
   int n_splits = std::max(1, (2 * threads + items_per_split - 1) / items_per_split);
-  n_splits = static_cast<int>(std::min<std::int64_t>(n_splits, std::max<std::int64_t>(1, max_keys / kMinSplitKeys)));
+  n_splits = static_cast<int>(std::min<std::int64_t>(n_splits, std::max<std::int64_t>(1, min_keys / kMinSplitKeys)));
 
   // partial states: [n_queries, n_heads, n_splits], partial accumulators [.., head_dim]
   const std::int64_t n_partials = static_cast<std::int64_t>(a.n_queries) * a.n_heads * n_splits;
@@ -49,6 +51,7 @@ void decode_attention(const DenseAttentionArgs& a, const CpuKernels& kern) {
 #pragma omp parallel
   {
     std::vector<float> scores;  // [group, keys in split]
+    std::vector<float> tile(static_cast<std::size_t>(kTileKeys) * a.head_dim);  // f16 rows as f32
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t item = 0; item < n_items; ++item) {
       const int split = static_cast<int>(item % n_splits);
@@ -61,22 +64,26 @@ void decode_attention(const DenseAttentionArgs& a, const CpuKernels& kern) {
       const std::int64_t n = hi - lo;
       scores.resize(static_cast<std::size_t>(std::max<std::int64_t>(n, 1) * group));
       const std::int64_t base = g * a.kv_head_stride;
-      for (std::int64_t t = 0; t < n; ++t) {
-        const std::int64_t row = base + (lo + t) * d;
-        for (int j = 0; j < group; ++j) {
-          const float* q = a.q + (static_cast<std::int64_t>(i) * a.n_heads + g * group + j) * d;
-          const float s = a.kv_dtype == KVDType::kF32
-                              ? kern.dot_f32(q, static_cast<const float*>(a.k) + row, d)
-                              : kern.dot_f16(q, static_cast<const std::uint16_t*>(a.k) + row, d);
-          scores[static_cast<std::size_t>(j * n + t)] = s * a.scale;
+      // Rows of tile t0..t0+nt of this kv head as f32: in place for f32 storage, converted once
+      // into `tile` for f16 (then shared by the group's query heads).
+      auto rows = [&](const void* src, std::int64_t t0, std::int64_t nt) -> const float* {
+        const std::int64_t off = base + (lo + t0) * d;
+        if (a.kv_dtype == KVDType::kF32) return static_cast<const float*>(src) + off;
+        kern.f16_to_f32(static_cast<const std::uint16_t*>(src) + off, tile.data(), nt * d);
+        return tile.data();
+      };
+      for (std::int64_t t0 = 0; t0 < n; t0 += kTileKeys) {
+        const std::int64_t nt = std::min<std::int64_t>(kTileKeys, n - t0);
+        const float* kt = rows(a.k, t0, nt);
+        for (std::int64_t t = 0; t < nt; ++t) {
+          for (int j = 0; j < group; ++j) {
+            const float* q = a.q + (static_cast<std::int64_t>(i) * a.n_heads + g * group + j) * d;
+            scores[static_cast<std::size_t>(j * n + t0 + t)] = kern.dot_f32(q, kt + t * d, d) * a.scale;
+          }
         }
       }
+      // Per head: max and exp in place, then one pass over V tiles for all heads of the group.
       for (int j = 0; j < group; ++j) {
-        const int h = g * group + j;
-        const std::int64_t slot = (static_cast<std::int64_t>(i) * a.n_heads + h) * n_splits + split;
-        SoftmaxState& st = states[static_cast<std::size_t>(slot)];
-        float* acc = accs.data() + slot * d;
-        if (n == 0) continue;
         float* s = scores.data() + static_cast<std::int64_t>(j) * n;
         float m = -std::numeric_limits<float>::infinity();
         for (std::int64_t t = 0; t < n; ++t) m = std::max(m, s[t]);
@@ -85,16 +92,18 @@ void decode_attention(const DenseAttentionArgs& a, const CpuKernels& kern) {
           s[t] = std::exp(s[t] - m);
           sum += s[t];
         }
-        for (std::int64_t t = 0; t < n; ++t) {
-          const std::int64_t row = base + (lo + t) * d;
-          if (a.kv_dtype == KVDType::kF32) {
-            kern.axpy_f32(s[t], static_cast<const float*>(a.v) + row, acc, d);
-          } else {
-            kern.axpy_f16(s[t], static_cast<const std::uint16_t*>(a.v) + row, acc, d);
-          }
+        const std::int64_t slot = (static_cast<std::int64_t>(i) * a.n_heads + g * group + j) * n_splits + split;
+        states[static_cast<std::size_t>(slot)] = {m, n > 0 ? sum : 0.0f};
+      }
+      for (std::int64_t t0 = 0; t0 < n; t0 += kTileKeys) {
+        const std::int64_t nt = std::min<std::int64_t>(kTileKeys, n - t0);
+        const float* vt = rows(a.v, t0, nt);
+        for (int j = 0; j < group; ++j) {
+          const std::int64_t slot = (static_cast<std::int64_t>(i) * a.n_heads + g * group + j) * n_splits + split;
+          float* acc = accs.data() + slot * d;
+          const float* s = scores.data() + static_cast<std::int64_t>(j) * n + t0;
+          for (std::int64_t t = 0; t < nt; ++t) kern.axpy_f32(s[t], vt + t * d, acc, d);
         }
-        st.max = m;
-        st.sum = sum;
       }
     }
 

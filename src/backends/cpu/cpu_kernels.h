@@ -15,6 +15,8 @@ struct CpuKernels {
   float (*dot_f32)(const float* a, const float* b, int n);
   /// sum_i a[i] * f16(b[i])
   float (*dot_f16)(const float* a, const std::uint16_t* b, int n);
+  /// sum_i a[i] * bf16(b[i])
+  float (*dot_bf16)(const float* a, const std::uint16_t* b, int n);
   /// y[i] += alpha * x[i]
   void (*axpy_f32)(float alpha, const float* x, float* y, int n);
   /// y[i] += alpha * f16(x[i])
@@ -22,6 +24,8 @@ struct CpuKernels {
   /// dst[i] = f32(src[i]) / dst[i] = f16(src[i]) (round to nearest even)
   void (*f16_to_f32)(const std::uint16_t* src, float* dst, std::int64_t n);
   void (*f32_to_f16)(const float* src, std::uint16_t* dst, std::int64_t n);
+  /// dst[i] = f32(src[i]) for bf16 src (exact)
+  void (*bf16_to_f32)(const std::uint16_t* src, float* dst, std::int64_t n);
 };
 
 /// The table for `level`; throws InvalidArgumentError if this CPU cannot run it.

@@ -18,6 +18,10 @@ inline __m256 load_f16(const std::uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
+inline __m256 load_bf16(const std::uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+
 float dot_f32(const float* a, const float* b, int n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int i = 0;
@@ -41,6 +45,23 @@ float dot_f16(const float* a, const std::uint16_t* b, int n) {
   float s = hsum(_mm256_add_ps(acc0, acc1));
   for (; i < n; ++i) s += a[i] * f16_to_f32(b[i]);
   return s;
+}
+float dot_bf16(const float* a, const std::uint16_t* b, int n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_bf16(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load_bf16(b + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_bf16(b + i), acc0);
+  float s = hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
+  return s;
+}
+void bf16_to_f32_n(const std::uint16_t* src, float* dst, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_bf16(src + i));
+  for (; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
 }
 void axpy_f32(float alpha, const float* x, float* y, int n) {
   const __m256 va = _mm256_set1_ps(alpha);
@@ -70,7 +91,7 @@ void f32_to_f16_n(const float* src, std::uint16_t* dst, std::int64_t n) {
 }  // namespace
 
 namespace detail {
-const CpuKernels kAvx2Kernels = {SimdLevel::kAvx2, dot_f32, dot_f16, axpy_f32, axpy_f16, f16_to_f32_n, f32_to_f16_n};
+const CpuKernels kAvx2Kernels = {SimdLevel::kAvx2, dot_f32, dot_f16, dot_bf16, axpy_f32, axpy_f16, f16_to_f32_n, f32_to_f16_n, bf16_to_f32_n};
 }
 
 }  // namespace million

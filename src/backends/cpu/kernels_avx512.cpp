@@ -15,6 +15,13 @@ inline __m512 load_f16_masked(const std::uint16_t* p, __mmask16 m) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
 
+inline __m512 load_bf16(const std::uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline __m512 load_bf16_masked(const std::uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
 float dot_f32(const float* a, const float* b, int n) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int i = 0;
@@ -42,6 +49,28 @@ float dot_f16(const float* a, const std::uint16_t* b, int n) {
     acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), load_f16_masked(b + i, m), acc1);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+float dot_bf16(const float* a, const std::uint16_t* b, int n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load_bf16(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), load_bf16(b + i + 16), acc1);
+  }
+  for (; i + 16 <= n; i += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load_bf16(b + i), acc0);
+  if (i < n) {
+    const __mmask16 m = tail_mask(n - i);
+    acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), load_bf16_masked(b + i, m), acc1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+void bf16_to_f32_n(const std::uint16_t* src, float* dst, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load_bf16(src + i));
+  if (i < n) {
+    const __mmask16 m = tail_mask(static_cast<int>(n - i));
+    _mm512_mask_storeu_ps(dst + i, m, load_bf16_masked(src + i, m));
+  }
 }
 void axpy_f32(float alpha, const float* x, float* y, int n) {
   const __m512 va = _mm512_set1_ps(alpha);
@@ -83,7 +112,7 @@ void f32_to_f16_n(const float* src, std::uint16_t* dst, std::int64_t n) {
 }  // namespace
 
 namespace detail {
-const CpuKernels kAvx512Kernels = {SimdLevel::kAvx512, dot_f32, dot_f16, axpy_f32, axpy_f16, f16_to_f32_n, f32_to_f16_n};
+const CpuKernels kAvx512Kernels = {SimdLevel::kAvx512, dot_f32, dot_f16, dot_bf16, axpy_f32, axpy_f16, f16_to_f32_n, f32_to_f16_n, bf16_to_f32_n};
 }
 
 }  // namespace million

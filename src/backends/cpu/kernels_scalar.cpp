@@ -16,6 +16,14 @@ float dot_f16(const float* a, const std::uint16_t* b, int n) {
   for (int i = 0; i < n; ++i) s += a[i] * f16_to_f32(b[i]);
   return s;
 }
+float dot_bf16(const float* a, const std::uint16_t* b, int n) {
+  float s = 0.0f;
+  for (int i = 0; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
+  return s;
+}
+void bf16_to_f32_n(const std::uint16_t* src, float* dst, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+}
 void axpy_f32(float alpha, const float* x, float* y, int n) {
   for (int i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
@@ -32,7 +40,7 @@ void f32_to_f16_n(const float* src, std::uint16_t* dst, std::int64_t n) {
 }  // namespace
 
 namespace detail {
-const CpuKernels kScalarKernels = {SimdLevel::kScalar, dot_f32, dot_f16, axpy_f32, axpy_f16, f16_to_f32_n, f32_to_f16_n};
+const CpuKernels kScalarKernels = {SimdLevel::kScalar, dot_f32, dot_f16, dot_bf16, axpy_f32, axpy_f16, f16_to_f32_n, f32_to_f16_n, bf16_to_f32_n};
 }
 
 }  // namespace million

@@ -1,0 +1,135 @@
+// The million binary as a user runs it: help texts, the bundled model's golden story on stdout
+// (stats on stderr only), prompts from stdin, and clear one-line errors with exit code 1 for
+// missing models, unknown caches, corrupt files and prompts over the context limit.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "common/test_paths.h"
+
+namespace million {
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+// Runs `args` through /bin/sh with the binary prepended; stdout and stderr captured separately.
+Result run(const std::string& args, const std::string& stdin_text = "") {
+  const std::string dir = test::temp_dir();
+  const std::string in = dir + "/in", out = dir + "/out", err = dir + "/err";
+  test::write_file(in, stdin_text);
+  const std::string cmd = "cd '" + test::source_dir() + "' && '" + MILLION_BIN + "' " + args + " <'" + in + "' >'" +
+                          out + "' 2>'" + err + "'";
+  Result r;
+  const int status = std::system(cmd.c_str());
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  auto slurp = [](const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+std::string golden_story() {
+  std::ifstream in(test::source_dir() + "/models/stories260K/README.md");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string s = ss.str();
+  const std::size_t h = s.find("## Golden output");
+  const std::size_t b = s.find("```\n", h) + 4;
+  return s.substr(b, s.find("\n```", b) - b);
+}
+
+TEST(Cli, HelpExplainsSubcommandsAndOptions) {
+  Result r = run("--help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("generate"), std::string::npos);
+  EXPECT_NE(r.out.find("bench"), std::string::npos);
+  r = run("generate --help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* opt : {"--model", "--prompt", "-n", "--temp", "--top-k", "--top-p", "--seed", "--ctx", "--threads", "--kv"}) {
+    EXPECT_NE(r.out.find(opt), std::string::npos) << opt;
+  }
+}
+
+TEST(Cli, DefaultModelPrintsGoldenStoryOnStdout) {
+  const Result r = run("generate -n 256 --temp 0");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, golden_story() + "\n");
+  EXPECT_NE(r.err.find("tok/s"), std::string::npos) << "speeds go to stderr";
+  EXPECT_NE(r.err.find("kv"), std::string::npos);
+}
+
+TEST(Cli, PromptFromStdinAndF16Cache) {
+  const Result r = run("generate -f - -n 40 --kv f16 -q", "Once upon a time, there was a dragon");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("Once upon a time, there was a dragon. The dragon was very small", 0), 0u) << r.out;
+  EXPECT_EQ(r.err, "") << "-q keeps stderr quiet";
+}
+
+TEST(Cli, SamplingIsReproducibleWithASeed) {
+  const Result a = run("generate -n 60 --temp 1.0 --seed 7 -q");
+  const Result b = run("generate -n 60 --temp 1.0 --seed 7 -q");
+  const Result c = run("generate -n 60 --temp 1.0 --seed 8 -q");
+  ASSERT_EQ(a.code, 0);
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out, c.out);
+}
+
+TEST(Cli, ErrorsAreClearAndExitWithOne) {
+  Result r = run("generate -m /nonexistent/model.bin");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("/nonexistent/model.bin"), std::string::npos) << r.err;
+
+  r = run("generate --kv q9");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("unknown KV cache 'q9'"), std::string::npos) << r.err;
+
+  r = run("generate -p 'Once upon a time there was a dragon' -n 20 --ctx 16");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("context"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "") << "nothing generated when the request cannot fit";
+
+  r = run("generate -n 600");  // stories260K was trained at 512
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("512"), std::string::npos) << r.err;
+
+  r = run("generate --ctx 1000");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("maximum context"), std::string::npos) << r.err;
+
+  const std::string bad = test::temp_dir() + "/truncated.bin";
+  {
+    std::ifstream src(test::source_dir() + "/models/stories260K/stories260K.bin", std::ios::binary);
+    std::string bytes(5000, '\0');
+    src.read(bytes.data(), 5000);
+    test::write_file(bad, bytes);
+  }
+  r = run("generate --tokenizer models/stories260K/tok512.bin -m " + bad);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+
+  r = run("generate --no-such-flag");
+  EXPECT_NE(r.code, 0);
+}
+
+TEST(Cli, TruncateKeepsTheNewestPromptTokens) {
+  const Result r = run("generate -p 'Once upon a time there was a dragon who liked to fly' -n 8 --ctx 12 --truncate");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("truncated"), std::string::npos);
+  EXPECT_EQ(r.out.find("Once upon"), std::string::npos) << "the oldest tokens were dropped: " << r.out;
+}
+
+}  // namespace
+}  // namespace million
