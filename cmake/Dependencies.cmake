@@ -44,6 +44,18 @@ add_library(million::blas INTERFACE IMPORTED)
 target_link_libraries(million::blas INTERFACE ${MILLION_OPENBLAS_LIB})
 target_include_directories(million::blas INTERFACE ${MILLION_CBLAS_INCLUDE})
 
+# FAISS (k-means, OPQ): Debian ships only the static library. Its exported CMake target links the
+# system libblas.so.3, which can be a second OpenBLAS build (pthreads) beside ours; we link the
+# archive with our OpenBLAS instead, which provides BLAS and LAPACK.
+find_path(MILLION_FAISS_INCLUDE faiss/Clustering.h)
+find_library(MILLION_FAISS_LIB NAMES libfaiss.a faiss)
+if(NOT MILLION_FAISS_INCLUDE OR NOT MILLION_FAISS_LIB)
+  million_require(FALSE libfaiss-dev "FAISS")
+endif()
+add_library(million::faiss INTERFACE IMPORTED)
+target_include_directories(million::faiss INTERFACE ${MILLION_FAISS_INCLUDE})
+target_link_libraries(million::faiss INTERFACE ${MILLION_FAISS_LIB} million::blas OpenMP::OpenMP_CXX)
+
 if(MILLION_BUILD_TESTS)
   find_package(GTest QUIET)
   million_require(GTest_FOUND libgtest-dev "GoogleTest")

@@ -1,9 +1,8 @@
 // OpenMP / OpenBLAS thread count.
 #include "core/threads.h"
 
+#include <cblas.h>  // openblas_set_num_threads (OpenBLAS extension)
 #include <omp.h>
-
-extern "C" void openblas_set_num_threads(int num_threads);  // from libopenblas (OpenMP build)
 
 namespace million {
 

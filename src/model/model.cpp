@@ -86,6 +86,7 @@ void Model::forward(const int* tokens, int n, std::int64_t pos0, KVCache& cache,
     add_bias(q_.data(), w.bq, n);
     add_bias(k_.data(), w.bk, n);
     add_bias(v_.data(), w.bv, n);
+    if (key_observer_) key_observer_(layer, pos0, n, k_.data());
     rope_apply(q_.data(), n, c.n_heads, c.head_dim, c.rope_layout, rope);
     rope_apply(k_.data(), n, c.n_kv_heads, c.head_dim, c.rope_layout, rope);
     cache.append(layer, pos0, n, k_.data(), v_.data());
@@ -99,6 +100,7 @@ void Model::forward(const int* tokens, int n, std::int64_t pos0, KVCache& cache,
     matmul(w.w_down, gate_.data(), n, x_.data(), 1.0f, simd_);
   }
   cache.commit(pos0 + n);
+  if (logits == nullptr) return;
 
   const int first = all_logits ? 0 : n - 1;
   const int rows = n - first;
@@ -116,7 +118,8 @@ void Model::prefill(const std::vector<int>& tokens, KVCache& cache, float* last_
   }
   for (std::size_t i = 0; i < tokens.size(); i += static_cast<std::size_t>(chunk)) {
     const int n = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(chunk), tokens.size() - i));
-    forward(tokens.data() + i, n, pos, cache, last_logits, false);
+    const bool last_chunk = i + static_cast<std::size_t>(n) == tokens.size();
+    forward(tokens.data() + i, n, pos, cache, last_chunk ? last_logits : nullptr, false);
     pos += n;
   }
 }

@@ -131,5 +131,37 @@ TEST(Cli, TruncateKeepsTheNewestPromptTokens) {
   EXPECT_EQ(r.out.find("Once upon"), std::string::npos) << "the oldest tokens were dropped: " << r.out;
 }
 
+TEST(Cli, CalibrateWritesACodebookAndReportsErrors) {
+  const std::string out = test::temp_dir() + "/stories.cb";
+  // The README's prose is enough text for 16 centroids per subspace at head_dim 8.
+  Result r = run("calibrate -m models/stories260K/stories260K.bin --text models/stories260K/README.md --out " + out +
+                 " --k pq:M=4,nbits=4 --v pq:M=4,nbits=4 --samples 256 --ctx 128");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("| layer | K | V |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| 4 |"), std::string::npos) << "one row per layer: " << r.out;
+  std::ifstream f(out, std::ios::binary);
+  EXPECT_TRUE(f.good()) << "codebook file written";
+
+  r = run("calibrate -m models/stories260K/stories260K.bin --text models/stories260K/README.md --out " + out +
+          " --k pq:M=3,nbits=4");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("M=3"), std::string::npos) << r.err;
+
+  const std::string small = " --k pq:M=4,nbits=4 --v pq:M=4,nbits=4";
+  r = run("calibrate -m models/stories260K/stories260K.bin --text /nonexistent.txt --out " + out + small);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("/nonexistent.txt"), std::string::npos) << r.err;
+
+  r = run("calibrate -m models/stories260K/stories260K.bin --text models/stories260K/README.md --out /nonexistent/dir/x.cb" + small);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+
+  r = run("calibrate --help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* opt : {"--text", "--out", "--k", "--v", "--granularity", "--rotation", "--samples", "--ctx", "--seed"}) {
+    EXPECT_NE(r.out.find(opt), std::string::npos) << opt;
+  }
+}
+
 }  // namespace
 }  // namespace million

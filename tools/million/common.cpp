@@ -1,12 +1,18 @@
 // Model + tokenizer loading and runtime options shared by the subcommands.
 #include "common.h"
 
+#include <cblas.h>
+
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <thread>
+
+#include <unistd.h>
 
 #include "core/memory.h"
 #include "core/threads.h"
@@ -59,6 +65,20 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer, bo
   }
   out.model = std::make_unique<Model>(std::move(w));
   return out;
+}
+
+void maybe_reexec_for_blas(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || std::getenv("MILLION_KEEP_BLAS_CORE") != nullptr) return;
+  std::string core = openblas_get_corename();
+  for (char& ch : core) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (core != "prescott" && core != "core2" && core != "unknown") return;
+  const char* better = simd_level_supported(SimdLevel::kAvx512) ? "SkylakeX"
+                       : simd_level_supported(SimdLevel::kAvx2) ? "Haswell"
+                                                                : nullptr;
+  if (better == nullptr) return;
+  ::setenv("OPENBLAS_CORETYPE", better, 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with the slow kernels
+  ::unsetenv("OPENBLAS_CORETYPE");
 }
 
 void apply_runtime_options(int threads, const std::string& simd) {

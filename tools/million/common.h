@@ -22,6 +22,13 @@ struct LoadedModel {
 LoadedModel load_model(const std::string& path, const std::string& tokenizer, bool need_tokenizer,
                        const std::string& weights = "native");
 
+/// OpenBLAS 0.3.21 (Debian 12) does not recognise some recent Xeons and falls back to its SSE3
+/// "Prescott" kernels, which run prefill GEMMs ~2.8x slower than its AVX-512 ones on such a CPU.
+/// The kernel set is fixed when the library loads, so when that happened on a CPU with AVX-512
+/// (or AVX2) and the user did not choose OPENBLAS_CORETYPE, this re-executes the program once
+/// with OPENBLAS_CORETYPE=SkylakeX (or Haswell). MILLION_KEEP_BLAS_CORE=1 disables it.
+void maybe_reexec_for_blas(char** argv);
+
 /// Applies --threads and --simd (empty = keep detection / $MILLION_SIMD).
 void apply_runtime_options(int threads, const std::string& simd);
 

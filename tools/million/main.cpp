@@ -9,9 +9,11 @@
 namespace million::cli {
 void register_generate(CLI::App& app, int& verbosity);
 void register_bench(CLI::App& app, int& verbosity);
+void register_calibrate(CLI::App& app, int& verbosity);
 }  // namespace million::cli
 
 int main(int argc, char** argv) {
+  million::cli::maybe_reexec_for_blas(argv);
   CLI::App app{
       "million: LLM inference with product-quantized KV caches (MILLION, DAC 2025).\n"
       "Runs Llama-family models (Hugging Face directories, llama2.c checkpoints) on the CPU."};
@@ -19,6 +21,7 @@ int main(int argc, char** argv) {
   int verbosity = 1;
   million::cli::register_generate(app, verbosity);
   million::cli::register_bench(app, verbosity);
+  million::cli::register_calibrate(app, verbosity);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,201 @@
+// Calibration pipeline (see calibrate.h): windows -> capture -> per-group training -> errors.
+#include "pq/calibrate.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "core/mapped_file.h"
+#include "million/error.h"
+#include "million/log.h"
+#include "pq/capture.h"
+#include "pq/encode.h"
+#include "pq/rotation.h"
+
+namespace million {
+
+namespace fs = std::filesystem;
+
+ModelFingerprint model_fingerprint(const std::string& model_path, const ModelConfig& config) {
+  ModelFingerprint f;
+  f.architecture = config.architecture;
+  f.n_layers = config.n_layers;
+  f.n_kv_heads = config.n_kv_heads;
+  f.head_dim = config.head_dim;
+  f.hidden_size = config.hidden_size;
+  f.vocab_size = config.vocab_size;
+  if (fs::is_directory(model_path)) {
+    const std::string text = read_text_file((fs::path(model_path) / "config.json").string(), "model config");
+    f.config_hash = fnv1a64(text.data(), text.size());
+  } else {
+    MappedFile file(model_path, "model");
+    f.config_hash = fnv1a64(file.data(), std::min<std::size_t>(file.size(), 28));
+  }
+  return f;
+}
+
+double relative_error(const PQCodebook& cb, const float* x, std::int64_t n) {
+  if (n == 0) return 0.0;
+  const int d = cb.head_dim;
+  std::vector<float> xr(static_cast<std::size_t>(n) * d), dec(xr.size());
+  if (cb.rotation != RotationKind::kNone) {
+    rotate_vectors(cb.rotation_matrix, d, x, n, xr.data());
+  } else {
+    std::copy(x, x + n * d, xr.begin());
+  }
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n) * cb.M);
+  PQEncoder(cb).encode(xr.data(), n, codes.data(), active_simd_level());
+  pq_decode(cb, codes.data(), n, dec.data());
+  double err = 0.0, norm = 0.0;
+  for (std::size_t i = 0; i < xr.size(); ++i) {  // the rotation is orthogonal: norms are the same
+    err += (static_cast<double>(xr[i]) - dec[i]) * (static_cast<double>(xr[i]) - dec[i]);
+    norm += static_cast<double>(xr[i]) * xr[i];
+  }
+  return norm > 0 ? std::sqrt(err / norm) : 0.0;
+}
+
+namespace {
+
+struct Window {
+  std::size_t doc;
+  std::size_t begin, length;
+};
+
+// Training vectors of one (group, kind): the reservoirs of its (layer, kv head) pairs, concatenated.
+std::vector<float> gather(const KVCapture& cap, const CodebookSet& set, int group, CaptureKind kind, bool heldout) {
+  std::vector<float> out;
+  const ModelFingerprint& m = set.model;
+  for (int l = 0; l < m.n_layers; ++l) {
+    for (int h = 0; h < m.n_kv_heads; ++h) {
+      if (set.group_of(l, h) != group) continue;
+      const Reservoir& r = heldout ? cap.heldout(l, h, kind) : cap.train(l, h, kind);
+      out.insert(out.end(), r.data(), r.data() + r.size() * r.dim());
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+CodebookSet calibrate(Model& model, const ModelFingerprint& fingerprint, const std::vector<std::vector<int>>& documents,
+                      const CalibrateOptions& opt, CalibrateReport* report) {
+  using clock = std::chrono::steady_clock;
+  const ModelConfig& cfg = model.config();
+  opt.k_config.validate(cfg.head_dim);
+  opt.v_config.validate(cfg.head_dim);
+  if (opt.rotation == RotationKind::kHadamard && (cfg.head_dim & (cfg.head_dim - 1)) != 0) {
+    throw InvalidArgumentError(fmt::format("--rotation hadamard needs a power-of-two head_dim (this model: {})", cfg.head_dim));
+  }
+  const int max_ksub = std::max(opt.k_config.ksub(), opt.v_config.ksub());
+  const std::int64_t samples = opt.samples > 0 ? opt.samples : 64 * static_cast<std::int64_t>(max_ksub);
+  const int ctx = opt.ctx > 0 ? opt.ctx : static_cast<int>(std::min<std::int64_t>(cfg.max_ctx, 4096));
+  if (ctx > cfg.max_ctx) throw InvalidArgumentError(fmt::format("--ctx {} exceeds the model's context {}", ctx, cfg.max_ctx));
+  CaptureOptions copt;
+  copt.train_samples = samples;
+  copt.heldout_samples = std::max<std::int64_t>(256, samples / 16);
+  copt.seed = opt.seed;
+  const std::int64_t want_tokens =
+      opt.max_tokens > 0 ? opt.max_tokens : samples * copt.heldout_one_in / (copt.heldout_one_in - 1) + 1;
+
+  // Windows of at most ctx tokens inside each document, shuffled, taken until want_tokens.
+  std::vector<Window> windows;
+  std::int64_t available = 0;
+  for (std::size_t d = 0; d < documents.size(); ++d) {
+    for (std::size_t b = 0; b < documents[d].size(); b += static_cast<std::size_t>(ctx)) {
+      const std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(ctx), documents[d].size() - b);
+      if (len < 16) continue;  // too short to say anything about attention
+      windows.push_back({d, b, len});
+      available += static_cast<std::int64_t>(len);
+    }
+  }
+  if (windows.empty()) throw InvalidArgumentError("the calibration text is empty (no window of 16 tokens or more)");
+  std::mt19937_64 rng(opt.seed);
+  std::shuffle(windows.begin(), windows.end(), rng);
+  std::int64_t planned = 0;
+  std::size_t n_windows = 0;
+  while (n_windows < windows.size() && planned < want_tokens) planned += static_cast<std::int64_t>(windows[n_windows++].length);
+  if (planned < want_tokens) {
+    log_warn("the calibration text has {} tokens, fewer than the {} wanted for {} training vectors per codebook",
+             available, want_tokens, samples);
+  }
+
+  KVCapture cap(model.cache_shape(ctx), copt);
+  cap.attach(model);
+  const auto t0 = clock::now();
+  std::int64_t done = 0;
+  for (std::size_t w = 0; w < n_windows; ++w) {
+    const Window& win = windows[w];
+    const std::vector<int> tokens(documents[win.doc].begin() + static_cast<std::ptrdiff_t>(win.begin),
+                                  documents[win.doc].begin() + static_cast<std::ptrdiff_t>(win.begin + win.length));
+    cap.clear();
+    cap.set_token_base(done);
+    model.prefill(tokens, cap, nullptr);
+    done += static_cast<std::int64_t>(tokens.size());
+    if (opt.progress) opt.progress({"capture", done, planned, std::chrono::duration<double>(clock::now() - t0).count()});
+  }
+  model.set_pre_rope_key_observer({});
+  const auto t1 = clock::now();
+
+  CodebookSet set;
+  set.model = fingerprint;
+  set.granularity = opt.granularity;
+  set.k_config = opt.k_config;
+  set.v_config = opt.v_config;
+  set.rotation = opt.rotation;
+  set.seed = opt.seed;
+  const int groups = set.n_groups();
+  set.entries.resize(static_cast<std::size_t>(2 * groups));
+  for (int g = 0; g < groups; ++g) {
+    for (int kind = 0; kind < 2; ++kind) {
+      const CaptureKind ck = kind == 0 ? CaptureKind::kKey : CaptureKind::kValue;
+      const std::vector<float> x = gather(cap, set, g, ck, false);
+      const std::int64_t n = static_cast<std::int64_t>(x.size()) / cfg.head_dim;
+      const PQConfig& pc = kind == 0 ? opt.k_config : opt.v_config;
+      if (n < 39LL * pc.ksub()) {
+        log_warn("codebook group {} {}: {} training vectors for {} centroids (FAISS recommends at least {})", g,
+                 kind == 0 ? "K" : "V", n, pc.ksub(), 39 * pc.ksub());
+      }
+      set.entries[static_cast<std::size_t>(2 * g + kind)] = train_pq_codebook(
+          x.data(), n, cfg.head_dim, pc, opt.rotation, opt.seed * 1000 + static_cast<std::uint64_t>(2 * g + kind), opt.kmeans);
+      if (opt.progress) {
+        opt.progress({"train", 2 * g + kind + 1, 2 * groups, std::chrono::duration<double>(clock::now() - t1).count()});
+      }
+    }
+  }
+  const auto t2 = clock::now();
+  set.validate("calibration result");
+
+  if (report != nullptr) {
+    report->tokens = done;
+    report->windows = static_cast<std::int64_t>(n_windows);
+    report->capture_seconds = std::chrono::duration<double>(t1 - t0).count();
+    report->train_seconds = std::chrono::duration<double>(t2 - t1).count();
+    report->train_vectors = report->heldout_vectors = INT64_MAX;
+    report->layers.assign(static_cast<std::size_t>(cfg.n_layers), {});
+    for (int l = 0; l < cfg.n_layers; ++l) {
+      for (int kind = 0; kind < 2; ++kind) {
+        const CaptureKind ck = kind == 0 ? CaptureKind::kKey : CaptureKind::kValue;
+        double err2 = 0.0, norm2 = 0.0;
+        for (int h = 0; h < cfg.n_kv_heads; ++h) {
+          const Reservoir& held = cap.heldout(l, h, ck);
+          report->train_vectors = std::min(report->train_vectors, cap.train(l, h, ck).size());
+          report->heldout_vectors = std::min(report->heldout_vectors, held.size());
+          double norm = 0.0;
+          for (std::int64_t i = 0; i < held.size() * held.dim(); ++i) norm += static_cast<double>(held.data()[i]) * held.data()[i];
+          const double e = relative_error(set.get(l, h, kind == 0 ? KVKind::kKey : KVKind::kValue), held.data(), held.size());
+          err2 += e * e * norm;
+          norm2 += norm;
+        }
+        const double rel = norm2 > 0 ? std::sqrt(err2 / norm2) : 0.0;
+        (kind == 0 ? report->layers[static_cast<std::size_t>(l)].k : report->layers[static_cast<std::size_t>(l)].v) = rel;
+      }
+    }
+  }
+  return set;
+}
+
+}  // namespace million

@@ -1,0 +1,162 @@
+// PQConfig / granularity / rotation names and parsing, codebook-set indexing and validation.
+#include "pq/codebook.h"
+
+#include <fmt/format.h>
+
+#include <charconv>
+
+#include "million/error.h"
+
+namespace million {
+
+void PQConfig::validate(int head_dim) const {
+  if (M < 1 || M > head_dim || head_dim % M != 0) {
+    throw InvalidArgumentError(fmt::format("PQ M={} must divide head_dim {}", M, head_dim));
+  }
+  if (nbits < 4 || nbits > 8) throw InvalidArgumentError(fmt::format("PQ nbits={} must be between 4 and 8", nbits));
+}
+
+std::string PQConfig::str() const { return fmt::format("pq:M={},nbits={}", M, nbits); }
+
+PQConfig parse_pq_config(const std::string& spec) {
+  PQConfig c;
+  auto bad = [&](const std::string& why) {
+    return InvalidArgumentError(fmt::format("bad PQ configuration '{}': {} (expected e.g. pq:M=64,nbits=8)", spec, why));
+  };
+  if (spec.rfind("pq", 0) != 0) throw bad("it must start with 'pq'");
+  std::string rest = spec.substr(2);
+  if (rest.empty()) return c;
+  if (rest[0] != ':') throw bad("options follow 'pq:'");
+  rest = rest.substr(1);
+  std::size_t pos = 0;
+  while (pos <= rest.size()) {
+    const std::size_t end = std::min(rest.find(',', pos), rest.size());
+    const std::string item = rest.substr(pos, end - pos);
+    const std::size_t eq = item.find('=');
+    if (eq == std::string::npos) throw bad("'" + item + "' is not key=value");
+    const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+    int v = 0;
+    auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+    if (ec != std::errc() || p != value.data() + value.size()) throw bad("'" + value + "' is not an integer");
+    if (key == "M") {
+      c.M = v;
+    } else if (key == "nbits") {
+      c.nbits = v;
+    } else {
+      throw bad("unknown key '" + key + "' (known: M, nbits)");
+    }
+    pos = end + 1;
+  }
+  if (c.M < 1) throw bad("M must be positive");
+  if (c.nbits < 4 || c.nbits > 8) throw bad("nbits must be between 4 and 8");
+  return c;
+}
+
+const char* granularity_name(Granularity g) {
+  switch (g) {
+    case Granularity::kShared: return "shared";
+    case Granularity::kLayer: return "layer";
+    case Granularity::kLayerHead: return "layer-head";
+  }
+  return "?";
+}
+
+Granularity parse_granularity(const std::string& name) {
+  if (name == "shared") return Granularity::kShared;
+  if (name == "layer") return Granularity::kLayer;
+  if (name == "layer-head") return Granularity::kLayerHead;
+  throw InvalidArgumentError(fmt::format("unknown granularity '{}' (expected shared, layer or layer-head)", name));
+}
+
+const char* rotation_name(RotationKind r) {
+  switch (r) {
+    case RotationKind::kNone: return "none";
+    case RotationKind::kHadamard: return "hadamard";
+    case RotationKind::kOpq: return "opq";
+  }
+  return "?";
+}
+
+RotationKind parse_rotation(const std::string& name) {
+  if (name == "none") return RotationKind::kNone;
+  if (name == "hadamard") return RotationKind::kHadamard;
+  if (name == "opq") return RotationKind::kOpq;
+  throw InvalidArgumentError(fmt::format("unknown rotation '{}' (expected none, hadamard or opq)", name));
+}
+
+void PQCodebook::validate(const std::string& source) const {
+  auto fail = [&](const std::string& m) { throw FormatError(fmt::format("{}: codebook {}", source, m)); };
+  if (head_dim <= 0 || M <= 0 || head_dim % M != 0) fail(fmt::format("M={} does not divide head_dim {}", M, head_dim));
+  if (nbits < 4 || nbits > 8) fail(fmt::format("nbits={} is outside 4..8", nbits));
+  const std::size_t want = static_cast<std::size_t>(M) * static_cast<std::size_t>(ksub()) * static_cast<std::size_t>(dsub());
+  if (centroids.size() != want) fail(fmt::format("has {} centroid values, expected {}", centroids.size(), want));
+  const std::size_t rot = rotation == RotationKind::kNone ? 0 : static_cast<std::size_t>(head_dim) * head_dim;
+  if (rotation_matrix.size() != rot) fail(fmt::format("rotation matrix has {} values, expected {}", rotation_matrix.size(), rot));
+}
+
+std::string ModelFingerprint::str() const {
+  return fmt::format("{} ({} layers, {} kv heads, head_dim {}, hidden {}, vocab {}, config hash {:016x})", architecture,
+                     n_layers, n_kv_heads, head_dim, hidden_size, vocab_size, config_hash);
+}
+
+int CodebookSet::n_groups() const {
+  switch (granularity) {
+    case Granularity::kShared: return 1;
+    case Granularity::kLayer: return model.n_layers;
+    case Granularity::kLayerHead: return model.n_layers * model.n_kv_heads;
+  }
+  return 0;
+}
+
+int CodebookSet::group_of(int layer, int kv_head) const {
+  switch (granularity) {
+    case Granularity::kShared: return 0;
+    case Granularity::kLayer: return layer;
+    case Granularity::kLayerHead: return layer * model.n_kv_heads + kv_head;
+  }
+  return 0;
+}
+
+const PQCodebook& CodebookSet::get(int layer, int kv_head, KVKind kind) const {
+  if (layer < 0 || layer >= model.n_layers || kv_head < 0 || kv_head >= model.n_kv_heads) {
+    throw InvalidArgumentError(fmt::format("no codebook for layer {} kv head {}", layer, kv_head));
+  }
+  return entries.at(static_cast<std::size_t>(2 * group_of(layer, kv_head) + static_cast<int>(kind)));
+}
+
+PQCodebook& CodebookSet::get(int layer, int kv_head, KVKind kind) {
+  return const_cast<PQCodebook&>(static_cast<const CodebookSet&>(*this).get(layer, kv_head, kind));
+}
+
+void CodebookSet::validate(const std::string& source) const {
+  if (model.n_layers <= 0 || model.n_kv_heads <= 0 || model.head_dim <= 0) {
+    throw FormatError(fmt::format("{}: model fingerprint has no layers/heads ({})", source, model.str()));
+  }
+  if (entries.size() != static_cast<std::size_t>(2 * n_groups())) {
+    throw FormatError(fmt::format("{}: {} codebooks, expected {} for granularity {}", source, entries.size(),
+                                  2 * n_groups(), granularity_name(granularity)));
+  }
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const PQCodebook& e = entries[i];
+    const PQConfig& want = i % 2 == 0 ? k_config : v_config;
+    if (e.head_dim != model.head_dim || e.M != want.M || e.nbits != want.nbits || e.rotation != rotation) {
+      throw FormatError(fmt::format("{}: codebook {} (head_dim {}, M {}, nbits {}, rotation {}) disagrees with the "
+                                    "file header (head_dim {}, {}, rotation {})",
+                                    source, i, e.head_dim, e.M, e.nbits, rotation_name(e.rotation), model.head_dim,
+                                    want.str(), rotation_name(rotation)));
+    }
+    e.validate(fmt::format("{}: entry {}", source, i));
+  }
+}
+
+std::uint64_t fnv1a64(const void* data, std::size_t n, std::uint64_t seed) {
+  std::uint64_t h = seed;
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+}  // namespace million

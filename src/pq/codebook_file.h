@@ -1,0 +1,27 @@
+// The versioned codebook file `million calibrate` writes and the PQ caches load
+// (format documented in docs/codebook-format.md). Loading validates everything before use and
+// turns every problem into a FormatError that says to re-run `million calibrate`.
+#pragma once
+
+#include <string>
+
+#include "pq/codebook.h"
+
+namespace million {
+
+inline constexpr char kCodebookMagic[8] = {'M', 'L', 'N', 'P', 'Q', 'C', 'B', '\0'};
+inline constexpr std::uint32_t kCodebookVersion = 1;
+
+/// Writes `set` to `path` atomically (temporary file + rename). Throws IoError on failure and
+/// InvalidArgumentError if the set is inconsistent.
+void save_codebooks(const CodebookSet& set, const std::string& path);
+
+/// Reads and validates a codebook file: magic, version, sizes against the file size, checksum,
+/// every entry's shape. Throws IoError (missing) or FormatError (anything else).
+CodebookSet load_codebooks(const std::string& path);
+
+/// Throws FormatError naming both sides when `set` was made for another model (fingerprint
+/// mismatch). `source` names the file in the message.
+void check_codebooks_match(const CodebookSet& set, const ModelFingerprint& model, const std::string& source);
+
+}  // namespace million

@@ -1,0 +1,154 @@
+// `million calibrate`: learn PQ codebooks for a model's keys and values from calibration text
+// and write them to a codebook file; prints per-layer held-out reconstruction errors.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+
+#include <unistd.h>
+
+#include "common.h"
+#include "core/mapped_file.h"
+#include "core/memory.h"
+#include "million/error.h"
+#include "million/log.h"
+#include "pq/calibrate.h"
+#include "pq/codebook_file.h"
+
+namespace million::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CalibrateArgs {
+  std::string model;
+  std::string tokenizer;
+  std::vector<std::string> texts;
+  std::string out;
+  std::string k = "pq:M=64,nbits=8";
+  std::string v = "pq:M=64,nbits=8";
+  std::string granularity = "layer-head";
+  std::string rotation = "none";
+  std::int64_t samples = 0;
+  std::int64_t max_tokens = 0;
+  int ctx = 0;
+  int iters = 25;
+  std::uint64_t seed = 0;
+  int threads = 0;
+  bool quiet = false;
+};
+
+// Regular files named on the command line, and the *.txt files of named directories (sorted).
+std::vector<std::string> text_files(const std::vector<std::string>& paths) {
+  std::vector<std::string> files;
+  for (const std::string& p : paths) {
+    if (fs::is_directory(p)) {
+      std::vector<std::string> in_dir;
+      for (const auto& e : fs::directory_iterator(p)) {
+        if (e.is_regular_file() && e.path().extension() == ".txt") in_dir.push_back(e.path().string());
+      }
+      std::sort(in_dir.begin(), in_dir.end());
+      if (in_dir.empty()) throw IoError(fmt::format("directory '{}' has no .txt files", p));
+      files.insert(files.end(), in_dir.begin(), in_dir.end());
+    } else if (fs::exists(p)) {
+      files.push_back(p);
+    } else {
+      throw IoError(fmt::format("calibration text '{}' does not exist", p));
+    }
+  }
+  return files;
+}
+
+void run_calibrate(const CalibrateArgs& a, int verbosity) {
+  install_log_sink(a.quiet ? 0 : verbosity);
+  apply_runtime_options(a.threads, "");
+  LoadedModel lm = load_model(a.model, a.tokenizer, true);
+  Model& model = *lm.model;
+
+  CalibrateOptions opt;
+  opt.k_config = parse_pq_config(a.k);
+  opt.v_config = parse_pq_config(a.v);
+  opt.granularity = parse_granularity(a.granularity);
+  opt.rotation = parse_rotation(a.rotation);
+  opt.samples = a.samples;
+  opt.max_tokens = a.max_tokens;
+  opt.ctx = a.ctx;
+  opt.seed = a.seed;
+  opt.kmeans.niter = a.iters;
+  if (a.iters < 1) throw InvalidArgumentError("--iters must be positive");
+  opt.k_config.validate(model.config().head_dim);
+  opt.v_config.validate(model.config().head_dim);
+  if (fs::path(a.out).has_parent_path() && !fs::is_directory(fs::path(a.out).parent_path())) {
+    throw IoError(fmt::format("cannot write '{}': directory '{}' does not exist", a.out, fs::path(a.out).parent_path().string()));
+  }
+
+  std::vector<std::vector<int>> docs;
+  std::int64_t n_tokens = 0;
+  for (const std::string& f : text_files(a.texts)) {
+    docs.push_back(lm.tokenizer->encode(read_text_file(f, "calibration text"), true));
+    n_tokens += static_cast<std::int64_t>(docs.back().size());
+  }
+  log_info("calibration text: {} files, {} tokens; K {} ({:.2f} bits/element), V {} ({:.2f} bits/element), "
+           "granularity {}, rotation {}",
+           docs.size(), n_tokens, opt.k_config.str(), opt.k_config.bits_per_element(model.config().head_dim),
+           opt.v_config.str(), opt.v_config.bits_per_element(model.config().head_dim), a.granularity, a.rotation);
+
+  // A live progress line on a terminal; in a log file only each stage's last line.
+  const bool show = !a.quiet && verbosity > 0;
+  const bool tty = ::isatty(STDERR_FILENO) != 0;
+  opt.progress = [show, tty](const CalibrateProgress& p) {
+    if (!show || (!tty && p.done < p.total)) return;
+    const double frac = p.total > 0 ? static_cast<double>(p.done) / static_cast<double>(p.total) : 1.0;
+    const double eta = frac > 0 ? p.elapsed_s * (1.0 - frac) / frac : 0.0;
+    std::fprintf(stderr, "%s%s: %lld / %lld %s (%.0f%%), %.1f s elapsed, ~%.0f s left   ", tty ? "\r" : "", p.stage,
+                 static_cast<long long>(p.done), static_cast<long long>(p.total),
+                 std::string(p.stage) == "capture" ? "tokens" : "codebooks", 100.0 * frac, p.elapsed_s, eta);
+    if (p.done >= p.total) std::fputc('\n', stderr);
+  };
+  CalibrateReport rep;
+  const CodebookSet set = calibrate(model, model_fingerprint(a.model, model.config()), docs, opt, &rep);
+  save_codebooks(set, a.out);
+
+  std::printf("calibrated %s: %lld tokens in %lld windows; %lld training / %lld held-out vectors per "
+              "(layer, kv head, kind); capture %.1f s, training %.1f s\n",
+              a.model.c_str(), static_cast<long long>(rep.tokens), static_cast<long long>(rep.windows),
+              static_cast<long long>(rep.train_vectors), static_cast<long long>(rep.heldout_vectors),
+              rep.capture_seconds, rep.train_seconds);
+  std::printf("relative reconstruction error on held-out vectors (||x - x_hat|| / ||x||):\n");
+  std::printf("| layer | K | V |\n|---:|---:|---:|\n");
+  for (std::size_t l = 0; l < rep.layers.size(); ++l) {
+    std::printf("| %zu | %.4f | %.4f |\n", l, rep.layers[l].k, rep.layers[l].v);
+  }
+  std::printf("wrote %s (%s)\n", a.out.c_str(), format_bytes(static_cast<std::int64_t>(fs::file_size(a.out))).c_str());
+}
+
+}  // namespace
+
+void register_calibrate(CLI::App& app, int& verbosity) {
+  auto args = std::make_shared<CalibrateArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "calibrate", "Learn PQ codebooks for a model's keys and values from calibration text (writes a codebook file).");
+  cmd->add_option("-m,--model", args->model, "Model directory or llama2.c .bin")->required();
+  cmd->add_option("--tokenizer", args->tokenizer, "Tokenizer file (default: found beside the model)");
+  cmd->add_option("--text", args->texts, "Calibration text files, or directories of .txt files (never evaluation text)")
+      ->required();
+  cmd->add_option("-o,--out", args->out, "Codebook file to write")->required();
+  cmd->add_option("--k", args->k, "Key quantizer: pq:M=<subspaces>,nbits=<4..8>")->capture_default_str();
+  cmd->add_option("--v", args->v, "Value quantizer: pq:M=<subspaces>,nbits=<4..8>")->capture_default_str();
+  cmd->add_option("--granularity", args->granularity, "Codebook sharing: shared, layer, layer-head")->capture_default_str();
+  cmd->add_option("--rotation", args->rotation, "Rotation before PQ: none, hadamard, opq")->capture_default_str();
+  cmd->add_option("--samples", args->samples,
+                  "Training vectors per (layer, kv head, kind) (default: 64 per centroid, 16384 for nbits 8)");
+  cmd->add_option("--max-tokens", args->max_tokens, "Tokens of text to run (default: just enough for --samples)");
+  cmd->add_option("--ctx", args->ctx, "Window length in tokens (default: the model's context, at most 4096)");
+  cmd->add_option("--iters", args->iters, "k-means iterations")->capture_default_str();
+  cmd->add_option("--seed", args->seed, "Seed for window order, sampling, k-means and rotations")->capture_default_str();
+  cmd->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->capture_default_str();
+  cmd->add_flag("-q,--quiet", args->quiet, "No progress or log lines on stderr");
+  cmd->callback([args, &verbosity]() { run_calibrate(*args, verbosity); });
+}
+
+}  // namespace million::cli
