@@ -110,12 +110,16 @@ std::vector<float> kmeanspp(const float* x, std::int64_t n, int dim, int k, int 
 std::vector<float> learn_opq(const float* x, std::int64_t n, int d, const PQConfig& config, const KMeansOptions& opt) {
   faiss::ProductQuantizer pq(static_cast<std::size_t>(d), static_cast<std::size_t>(config.M),
                              static_cast<std::size_t>(config.nbits));
+  EncoderAssignIndex assign(d / config.M, config.nbits);  // PQ training inside OPQ uses our encoder too
+  pq.assign_index = &assign;
   faiss::OPQMatrix opq(d, config.M);
   opq.pq = &pq;
   opq.niter = opt.opq_iterations;
   opq.niter_pq = 4;
   opq.niter_pq_0 = 10;
-  opq.max_train_points = static_cast<std::size_t>(opt.max_points_per_centroid) << config.nbits;
+  // The rotation needs far fewer points than the final k-means: 64 per centroid keeps OPQ's
+  // per-iteration encode + Procrustes pass affordable.
+  opq.max_train_points = static_cast<std::size_t>(64) << config.nbits;
   opq.verbose = false;
   opq.train(n, x);
   return opq.A;  // [d, d] row-major; FAISS applies xt = A x

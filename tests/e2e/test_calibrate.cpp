@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+
+#include <fmt/format.h>
 #include <fstream>
 #include <sstream>
 
@@ -14,7 +16,10 @@
 #include "model/generate.h"
 #include "model/tokenizer.h"
 #include "pq/calibrate.h"
+#include "pq/capture.h"
 #include "pq/codebook_file.h"
+#include "pq/encode.h"
+#include "pq/train.h"
 
 namespace million {
 namespace {
@@ -88,6 +93,63 @@ TEST(Calibrate, Stories260KEndToEnd) {
   EXPECT_LT(rep.layers[0].k, 0.8);
 }
 
+// Every encoder level against the reference on real captured keys and values (post-RoPE keys
+// have the outlier channels synthetic data lacks): codes equal, or where they differ the chosen
+// centroid is as near as the reference's within float rounding (1e-5 relative).
+void check_levels_on(const PQCodebook& cb, const Reservoir& r, const std::string& what) {
+  const std::int64_t n = r.size();
+  std::vector<std::uint8_t> ref(static_cast<std::size_t>(n * cb.M));
+  pq_encode_ref(cb, r.data(), n, ref.data());
+  const PQEncoder enc(cb);
+  for (SimdLevel level : supported_simd_levels()) {
+    std::vector<std::uint8_t> got(ref.size());
+    enc.encode(r.data(), n, got.data(), level);
+    std::int64_t ties = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      for (int m = 0; m < cb.M; ++m) {
+        const std::size_t k = static_cast<std::size_t>(i * cb.M + m);
+        if (got[k] == ref[k]) continue;
+        auto dist = [&](int c) {
+          double d = 0;
+          for (int j = 0; j < cb.dsub(); ++j) {
+            const double t = static_cast<double>(r.data()[i * cb.head_dim + m * cb.dsub() + j]) -
+                             cb.centroids[static_cast<std::size_t>((m * cb.ksub() + c) * cb.dsub() + j)];
+            d += t * t;
+          }
+          return d;
+        };
+        ASSERT_NEAR(dist(got[k]), dist(ref[k]), 1e-5 * dist(ref[k]) + 1e-12) << what << " level " << simd_level_name(level);
+        ++ties;
+      }
+    }
+    std::printf("%s, %s: %lld vectors, %lld codes differ from the reference at float ties\n", what.c_str(),
+                simd_level_name(level), static_cast<long long>(n), static_cast<long long>(ties));
+  }
+}
+
+TEST(Calibrate, EncodersMatchReferenceOnCapturedKV) {
+  const std::string path = test::source_dir() + "/models/stories260K/stories260K.bin";
+  Model model(load_weights(path));
+  const auto docs = sampled_documents(model, 4, 256);
+  CaptureOptions copt;
+  copt.train_samples = 600;
+  KVCapture cap(model.cache_shape(256), copt);
+  for (const auto& d : docs) {
+    cap.clear();
+    model.prefill(d, cap, nullptr);
+  }
+  for (int layer : {0, 4}) {
+    for (CaptureKind kind : {CaptureKind::kKey, CaptureKind::kValue}) {
+      const Reservoir& r = cap.train(layer, 1, kind);
+      ASSERT_EQ(r.size(), 600);
+      for (PQConfig pc : {PQConfig{4, 8}, PQConfig{8, 4}, PQConfig{2, 6}}) {
+        const PQCodebook cb = train_pq_codebook(r.data(), r.size(), 8, pc, RotationKind::kNone, 1, {});
+        check_levels_on(cb, r, fmt::format("stories260K layer {} {} {}", layer, kind == CaptureKind::kKey ? "K" : "V", pc.str()));
+      }
+    }
+  }
+}
+
 TEST(Calibrate, TooLittleTextAndBadOptionsAreClearErrors) {
   const std::string path = test::source_dir() + "/models/stories260K/stories260K.bin";
   Model model(load_weights(path));
@@ -117,6 +179,19 @@ TEST(Calibrate, Gutenberg23MOnCalibrationBooks) {
   CalibrateReport rep;
   const CodebookSet set = calibrate(model, model_fingerprint(dir, model.config()), docs, opt, &rep);
   EXPECT_EQ(set.entries.size(), 32u);
+  // The 4-bit default shape (M=64, dsub 2, 256 centroids) on real head_dim-128 vectors.
+  {
+    CaptureOptions copt;
+    copt.train_samples = 2000;
+    KVCapture cap(model.cache_shape(1024), copt);
+    std::vector<int> window(docs[0].begin(), docs[0].begin() + 1024);
+    model.prefill(window, cap, nullptr);
+    for (CaptureKind kind : {CaptureKind::kKey, CaptureKind::kValue}) {
+      const Reservoir& r = cap.train(3, 0, kind);
+      check_levels_on(set.get(3, 0, kind == CaptureKind::kKey ? KVKind::kKey : KVKind::kValue), r,
+                      std::string("gutenberg-23m layer 3 ") + (kind == CaptureKind::kKey ? "K" : "V"));
+    }
+  }
   for (std::size_t l = 0; l < rep.layers.size(); ++l) {
     std::printf("layer %zu: held-out relative error K %.4f V %.4f\n", l, rep.layers[l].k, rep.layers[l].v);
     EXPECT_LT(rep.layers[l].k, 0.35) << "layer " << l;
