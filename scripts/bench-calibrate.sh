@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Times `million calibrate` on gutenberg-23m with default settings (layer-head, M=64, nbits=8)
-# over ../shared/text/calib and writes bench/results/calibrate-gutenberg.md, then times the
-# other granularities and rotations for comparison. Not part of the tests.
+# over ../shared/text/calib, then other granularities and rotations, then the PQ encoders per
+# SIMD level (bench_pq_encode), and writes bench/results/calibrate-gutenberg.md.
+# Not part of the tests; takes a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${MODEL:-../shared/models/gutenberg-23m}
 text=${TEXT:-../shared/text/calib}
 out=bench/results/calibrate-gutenberg.md
 mkdir -p bench/results
-bash scripts/build.sh -DMILLION_BUILD_TESTS=OFF >/dev/null
+bash scripts/build.sh >/dev/null
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 {
@@ -28,5 +29,11 @@ trap 'rm -rf "$tmp"' EXIT
     echo "wall time: $((ms / 1000)).$(printf %03d $((ms % 1000))) s"
     echo '```'
   done
+  echo
+  echo "## PQ encoders (\`bench_pq_encode\`): vectors/s per SIMD level, double-precision reference as baseline"
+  echo
+  echo '```'
+  ./build/bench/bench_pq_encode --benchmark_min_time=0.2 2>&1
+  echo '```'
 } | tee "$out"
 echo "wrote $out"

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/test_util.h"
 #include "common/test_paths.h"
 #include "million/error.h"
 #include "model/generate.h"
@@ -24,12 +25,8 @@
 namespace million {
 namespace {
 
-std::string slurp(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using test::slurp;
+
 
 // Documents sampled from the model at temperature 1 (different seeds).
 std::vector<std::vector<int>> sampled_documents(Model& model, int n_docs, int length) {

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "common/test_paths.h"
+#include "common/test_util.h"
 
 namespace million {
 namespace {
@@ -30,14 +31,8 @@ Result run(const std::string& args, const std::string& stdin_text = "") {
   Result r;
   const int status = std::system(cmd.c_str());
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  auto slurp = [](const std::string& p) {
-    std::ifstream f(p, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  };
-  r.out = slurp(out);
-  r.err = slurp(err);
+  r.out = test::slurp(out);
+  r.err = test::slurp(err);
   return r;
 }
 

@@ -3,6 +3,7 @@
 // layout is pinned; every corruption (magic, version, truncation, flipped bytes, count fields with
 // a recomputed checksum, NaN/Inf, trailing bytes) is a FormatError naming the file and advising
 // `million calibrate`, without huge allocations. No trained codebooks or models are used.
+#include "common/test_util.h"
 #include "pq/codebook_file.h"
 
 #include <gtest/gtest.h>
@@ -53,11 +54,11 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 namespace million {
 namespace {
 
+
 namespace fs = std::filesystem;
 using test::temp_dir;
 using test::write_file;
 
-#define EXPECT_HAS(haystack, needle) EXPECT_PRED_FORMAT2(::testing::IsSubstring, needle, haystack)
 
 constexpr char kAdvice[] = "re-run `million calibrate` to make a new one";
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/test_util.h"
 #include "common/test_paths.h"
 #include "million/error.h"
 #include "model/config.h"
@@ -21,32 +22,14 @@
 namespace million {
 namespace {
 
+using test::throws;
+using test::slurp;
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-#define EXPECT_HAS(haystack, needle) EXPECT_PRED_FORMAT2(::testing::IsSubstring, needle, haystack)
 
-template <class E, class F>
-std::string throws(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw the wrong exception type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "did not throw";
-  return "";
-}
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in) << path;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string tiny_dir(const std::string& name) { return test::data_path("hf-tiny/" + name); }
 json tiny_json(const std::string& name) { return json::parse(slurp(tiny_dir(name) + "/config.json")); }

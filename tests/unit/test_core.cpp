@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/test_util.h"
 #include "common/test_paths.h"
 #include "core/checked.h"
 #include "core/half.h"
@@ -28,22 +29,9 @@
 namespace million {
 namespace {
 
-#define EXPECT_HAS(haystack, needle) EXPECT_PRED_FORMAT2(::testing::IsSubstring, needle, haystack)
+using test::throws;
 
-/// Runs f, expects it to throw exactly E (or a subclass); returns what() ("" on failure).
-template <class E, class F>
-std::string throws(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw the wrong exception type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "did not throw";
-  return "";
-}
+
 
 std::uint32_t bits_of(float f) {
   std::uint32_t b;

@@ -2,6 +2,7 @@
 // byte by byte, in a temporary directory: valid single files and sharded directories load with
 // the right dtypes, shapes and bytes; each kind of corruption (and every truncation of a small
 // file) throws FormatError or IoError naming the file. No real model weights are used.
+#include "common/test_util.h"
 #include "model/safetensors.h"
 
 #include <gtest/gtest.h>
@@ -18,11 +19,11 @@
 namespace million {
 namespace {
 
+
 using nlohmann::json;
 using test::temp_dir;
 using test::write_file;
 
-#define EXPECT_HAS(haystack, needle) EXPECT_PRED_FORMAT2(::testing::IsSubstring, needle, haystack)
 
 // --- building files ------------------------------------------------------------------------
 

@@ -14,27 +14,16 @@
 #include <string>
 #include <vector>
 
+#include "common/test_util.h"
 #include "million/error.h"
 #include "model/sampler.h"
 
 namespace million {
 namespace {
 
-#define EXPECT_HAS(haystack, needle) EXPECT_PRED_FORMAT2(::testing::IsSubstring, needle, haystack)
+using test::throws;
 
-template <class E, class F>
-std::string throws(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw the wrong exception type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "did not throw";
-  return "";
-}
+
 
 SamplerOptions opts(float temperature, int top_k = 0, float top_p = 1.0f, std::uint64_t seed = 1) {
   SamplerOptions o;

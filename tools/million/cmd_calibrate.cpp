@@ -38,6 +38,7 @@ struct CalibrateArgs {
   int iters = 25;
   std::uint64_t seed = 0;
   int threads = 0;
+  std::string simd;
   bool quiet = false;
 };
 
@@ -64,7 +65,7 @@ std::vector<std::string> text_files(const std::vector<std::string>& paths) {
 
 void run_calibrate(const CalibrateArgs& a, int verbosity) {
   install_log_sink(a.quiet ? 0 : verbosity);
-  apply_runtime_options(a.threads, "");
+  apply_runtime_options(a.threads, a.simd);
   LoadedModel lm = load_model(a.model, a.tokenizer, true);
   Model& model = *lm.model;
 
@@ -147,6 +148,7 @@ void register_calibrate(CLI::App& app, int& verbosity) {
   cmd->add_option("--iters", args->iters, "k-means iterations")->capture_default_str();
   cmd->add_option("--seed", args->seed, "Seed for window order, sampling, k-means and rotations")->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->capture_default_str();
+  cmd->add_option("--simd", args->simd, "Force the encoders' SIMD level: scalar, avx2, avx512 (env MILLION_SIMD)");
   cmd->add_flag("-q,--quiet", args->quiet, "No progress or log lines on stderr");
   cmd->callback([args, &verbosity]() { run_calibrate(*args, verbosity); });
 }
