@@ -13,6 +13,7 @@
 #include "million/error.h"
 #include "million/log.h"
 #include "model/generate.h"
+#include "pq/calibrate.h"
 
 namespace million::cli {
 
@@ -31,6 +32,7 @@ struct GenerateArgs {
   std::int64_t ctx = 0;
   int threads = 0;
   std::string kv = "f32";
+  std::string codebook;
   std::string weights = "native";
   std::string simd;
   int chunk = 512;
@@ -82,7 +84,8 @@ void run_generate(const GenerateArgs& a, int verbosity) {
     prompt = std::move(cut);
   }
 
-  std::unique_ptr<KVCache> cache = make_kv_cache(a.kv, model.cache_shape(ctx));
+  const ModelFingerprint fingerprint = model_fingerprint(a.model, cfg);
+  std::unique_ptr<KVCache> cache = make_kv_cache(a.kv, model.cache_shape(ctx), {a.codebook, &fingerprint});
   log_info("kv cache: {} ({:.1f} bits/element), {} for {} tokens; simd {}; {} threads", cache->name(),
            cache->bits_per_element(), format_bytes(cache->bytes_allocated()), ctx,
            simd_level_name(cache->simd_level()), a.threads > 0 ? a.threads : 0);
@@ -142,6 +145,7 @@ void register_generate(CLI::App& app, int& verbosity) {
   cmd->add_flag("--truncate", args->truncate, "Drop the oldest prompt tokens if prompt + n exceeds the context");
   cmd->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--kv", args->kv, "KV cache: " + kv_cache_names())->capture_default_str();
+  cmd->add_option("--codebook", args->codebook, "Codebook file for --kv pq / pq-paper (from `million calibrate`)");
   cmd->add_option("--weights", args->weights,
                   "Weight matrices in memory: native (the file's dtype, read from the mapped file) or f32 (converted at load)")
       ->capture_default_str();

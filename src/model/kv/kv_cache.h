@@ -73,10 +73,21 @@ class KVCache {
   SimdLevel simd_;
 };
 
-/// Builds a cache from its name: "f32" or "f16" (dense). Unknown names throw
-/// InvalidArgumentError listing the known ones. Refuses (ResourceError) a cache whose storage
-/// for `shape.capacity` tokens would not fit in the available memory.
-std::unique_ptr<KVCache> make_kv_cache(const std::string& spec, const KVCacheShape& shape);
+struct ModelFingerprint;
+
+/// What some caches need beyond their name: the codebook file of `pq` / `pq-paper`, and the
+/// model's fingerprint to check it against (may be null: no check).
+struct KVCacheResources {
+  std::string codebook_path;
+  const ModelFingerprint* model = nullptr;
+};
+
+/// Builds a cache from its command-line spec "name[:key=value,...]": "f32", "f16" (dense);
+/// "pq" and "pq-paper" (options window, batch, sinks, async; need resources.codebook_path).
+/// Unknown names or options throw InvalidArgumentError listing the known ones. Refuses
+/// (ResourceError) a cache whose storage for `shape.capacity` tokens would not fit in memory.
+std::unique_ptr<KVCache> make_kv_cache(const std::string& spec, const KVCacheShape& shape,
+                                       const KVCacheResources& resources = {});
 
 /// The names make_kv_cache accepts, for --help texts.
 std::string kv_cache_names();
