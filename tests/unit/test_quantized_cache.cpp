@@ -161,5 +161,64 @@ TEST(PqCache, ReportsBitsAndRejectsMismatchedCodebooks) {
   EXPECT_THROW(make_pq_cache(shape, wrong, opt, "pq"), FormatError);
 }
 
+// The baselines through the same cache: attention equals dense attention over their own
+// dequantized K/V (same tolerances), in default and stress mode, with and without sinks, and
+// with K and V in different formats.
+TEST(QuantizedCache, BaselinesEqualDenseAttentionOverDequantizedKV) {
+  KVCacheShape shape;
+  shape.n_layers = 1;
+  shape.n_heads = 8;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 64;
+  shape.capacity = 200;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist;
+  const std::int64_t kv_row = 2 * 64, q_row = 8 * 64;
+  for (const std::string base : {"q8_0", "q4_0", "q4_0-hadamard", "kivi-4", "kivi-2", "f16"}) {
+    for (const std::string opts : {":window=0", ":window=16,sinks=4", ":window=64,batch=8"}) {
+      const std::string spec = base + opts;
+      std::unique_ptr<KVCache> c = base == "f16" ? make_kv_cache("q4_0" + opts, spec, shape) : make_kv_cache(spec, shape);
+      auto& cache = dynamic_cast<QuantizedKVCache&>(*c);
+      std::int64_t pos = 0;
+      while (pos < 180) {
+        const int n = pos == 0 ? 40 : 1;
+        std::vector<float> k(static_cast<std::size_t>(n * kv_row)), v(k.size()), q(static_cast<std::size_t>(n * q_row));
+        for (auto& x : k) x = dist(rng);
+        for (auto& x : v) x = dist(rng);
+        for (auto& x : q) x = dist(rng);
+        cache.append(0, pos, n, k.data(), v.data());
+        test::GuardedBuffer out(n * q_row);
+        cache.attend(0, pos, n, q.data(), out.data());
+        if (pos % 29 == 0 || pos == 179) {
+          std::vector<float> ref(static_cast<std::size_t>(n * q_row));
+          cache.attend_reference(0, pos, n, q.data(), ref.data());
+          const auto r = test::compare(out.data(), ref.data(), out.size());
+          EXPECT_EQ(r.nonfinite_mismatch, 0) << cache.name() << " at " << pos;
+          EXPECT_LE(r.nmse, 1e-10) << cache.name() << " at " << pos;
+          EXPECT_LE(r.max_abs, 2e-5) << cache.name() << " at " << pos;
+        }
+        EXPECT_TRUE(out.guards_intact()) << cache.name();
+        pos += n;
+        cache.commit(pos);
+      }
+    }
+  }
+}
+
+TEST(QuantizedCache, SpecErrorsAreClear) {
+  KVCacheShape shape;
+  shape.n_layers = 1;
+  shape.n_heads = 2;
+  shape.n_kv_heads = 1;
+  shape.head_dim = 64;
+  shape.capacity = 16;
+  EXPECT_THROW(make_kv_cache("q3_k", shape), InvalidArgumentError);
+  EXPECT_THROW(make_kv_cache("q8_0:window", shape), InvalidArgumentError);
+  EXPECT_THROW(make_kv_cache("q8_0:colour=3", shape), InvalidArgumentError);
+  EXPECT_THROW(make_kv_cache("q8_0:window=4", "q4_0:window=8", shape), InvalidArgumentError);
+  shape.head_dim = 48;  // not a multiple of 32
+  EXPECT_THROW(make_kv_cache("q4_0", shape), UnsupportedError);
+}
+
 }  // namespace
 }  // namespace million

@@ -32,6 +32,7 @@ struct GenerateArgs {
   std::int64_t ctx = 0;
   int threads = 0;
   std::string kv = "f32";
+  std::string kv_k, kv_v;
   std::string codebook;
   std::string weights = "native";
   std::string simd;
@@ -85,7 +86,8 @@ void run_generate(const GenerateArgs& a, int verbosity) {
   }
 
   const ModelFingerprint fingerprint = model_fingerprint(a.model, cfg);
-  std::unique_ptr<KVCache> cache = make_kv_cache(a.kv, model.cache_shape(ctx), {a.codebook, &fingerprint});
+  std::unique_ptr<KVCache> cache = make_kv_cache(a.kv_k.empty() ? a.kv : a.kv_k, a.kv_v.empty() ? a.kv : a.kv_v,
+                                                 model.cache_shape(ctx), {a.codebook, &fingerprint});
   log_info("kv cache: {} ({:.1f} bits/element), {} for {} tokens; simd {}; {} threads", cache->name(),
            cache->bits_per_element(), format_bytes(cache->bytes_allocated()), ctx,
            simd_level_name(cache->simd_level()), a.threads > 0 ? a.threads : 0);
@@ -144,7 +146,9 @@ void register_generate(CLI::App& app, int& verbosity) {
                   "Context size in tokens (default: prompt + n, up to the model's maximum); the KV cache is sized to it");
   cmd->add_flag("--truncate", args->truncate, "Drop the oldest prompt tokens if prompt + n exceeds the context");
   cmd->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->capture_default_str();
-  cmd->add_option("--kv", args->kv, "KV cache: " + kv_cache_names())->capture_default_str();
+  cmd->add_option("--kv", args->kv, "KV cache for keys and values: " + kv_cache_names())->capture_default_str();
+  cmd->add_option("--kv-k", args->kv_k, "KV cache format for keys (overrides --kv)");
+  cmd->add_option("--kv-v", args->kv_v, "KV cache format for values (overrides --kv)");
   cmd->add_option("--codebook", args->codebook, "Codebook file for --kv pq / pq-paper (from `million calibrate`)");
   cmd->add_option("--weights", args->weights,
                   "Weight matrices in memory: native (the file's dtype, read from the mapped file) or f32 (converted at load)")

@@ -83,10 +83,15 @@ struct KVCacheResources {
 };
 
 /// Builds a cache from its command-line spec "name[:key=value,...]": "f32", "f16" (dense);
-/// "pq" and "pq-paper" (options window, batch, sinks, async; need resources.codebook_path).
+/// "q8_0", "q4_0", "q4_0-hadamard", "kivi-4", "kivi-2", "pq", "pq-paper" (quantized: sinks,
+/// coded tokens and an exact window, options window, batch, sinks, async; pq needs
+/// resources.codebook_path). See kv_cache_names().
 /// Unknown names or options throw InvalidArgumentError listing the known ones. Refuses
 /// (ResourceError) a cache whose storage for `shape.capacity` tokens would not fit in memory.
 std::unique_ptr<KVCache> make_kv_cache(const std::string& spec, const KVCacheShape& shape,
+                                       const KVCacheResources& resources = {});
+/// Keys and values in different formats (--kv-k, --kv-v); the same spec twice is the above.
+std::unique_ptr<KVCache> make_kv_cache(const std::string& k_spec, const std::string& v_spec, const KVCacheShape& shape,
                                        const KVCacheResources& resources = {});
 
 /// The names make_kv_cache accepts, for --help texts.
