@@ -18,7 +18,7 @@ bash scripts/build.sh >/dev/null
   echo "## End to end: \`million bench\`"
   echo
   echo '```'
-  ./build/million bench -m "$model" -d 512,2048,4096 -t 1,2 --kv f32,f16 --weights native,f32 -r 3 2>/dev/null
+  ./build/million bench -m "$model" -d 512,2048,4096 -t 1,2 --kv f32 f16 --weights native,f32 -r 3 2>/dev/null
   echo '```'
   echo
   echo "## Dense decode attention kernel (\`bench_attention\`), one query token, 2 threads"

@@ -14,6 +14,7 @@
 #include "core/threads.h"
 #include "million/error.h"
 #include "million/log.h"
+#include "pq/calibrate.h"
 
 namespace million::cli {
 
@@ -30,6 +31,7 @@ struct BenchArgs {
   int chunk = 512;
   std::string csv;
   std::string simd;
+  std::string codebook;
 };
 
 struct Stat {
@@ -51,6 +53,7 @@ void bench_model(const BenchArgs& a, const std::string& wmode, std::ofstream& cs
   const ModelConfig& cfg = model.config();
   const double weight_bytes = static_cast<double>(model.weights().bytes());
   const std::string wname = model.weights().matrix_dtype();
+  const ModelFingerprint fingerprint = model_fingerprint(a.model, cfg);
   std::mt19937 rng(42);
   std::uniform_int_distribution<int> tok(0, cfg.vocab_size - 1);
   for (const std::string& kv : a.kvs) {
@@ -61,7 +64,7 @@ void bench_model(const BenchArgs& a, const std::string& wmode, std::ofstream& cs
           log_warn("depth {} is beyond the model's trained context of {}; skipped", depth, cfg.max_ctx);
           continue;
         }
-        auto cache = make_kv_cache(kv, model.cache_shape(depth));
+        auto cache = make_kv_cache(kv, model.cache_shape(depth), {a.codebook, &fingerprint});
         const std::int64_t n_prefill = depth - a.n_decode;
         if (n_prefill < 1) throw InvalidArgumentError(fmt::format("depth {} leaves no room for {} decode tokens", depth, a.n_decode));
         std::vector<double> pf, dc;
@@ -130,12 +133,15 @@ void register_bench(CLI::App& app, int& verbosity) {
   cmd->add_option("-d,--depth", args->depths, "Context depths (tokens in the cache when decode is timed)")
       ->delimiter(',')->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "Thread counts to measure")->delimiter(',')->capture_default_str();
-  cmd->add_option("--kv", args->kvs, "KV caches to measure: " + kv_cache_names())->delimiter(',')->capture_default_str();
+  cmd->add_option("--kv", args->kvs,
+                  "KV caches to measure, space-separated or repeated (their options use commas): " + kv_cache_names())
+      ->capture_default_str();
   cmd->add_option("--weights", args->weights, "Weight modes to measure: native, f32")->delimiter(',')->capture_default_str();
   cmd->add_option("--n-decode", args->n_decode, "Decode steps timed per repetition")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("-r,--reps", args->reps, "Repetitions (after one warm-up)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--chunk", args->chunk, "Prefill chunk")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--csv", args->csv, "Also write the rows to this CSV file");
+  cmd->add_option("--codebook", args->codebook, "Codebook file for --kv pq / pq-paper");
   cmd->add_option("--simd", args->simd, "Force a SIMD level: scalar, avx2, avx512");
   cmd->callback([args, &verbosity]() { run_bench(*args, verbosity); });
 }
