@@ -5,6 +5,7 @@
 // (each a dsub-term float dot product) in float where the reference works in double, so outputs
 // of magnitude ~1 agree to NMSE <= 1e-10 and max-abs <= 2e-5. Asynchronous encoding must give
 // bit-identical outputs to synchronous encoding. Guard regions catch out-of-bounds writes.
+// Every case runs at every SIMD level and with both value aggregations (gather, sparse).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -60,7 +61,8 @@ struct Case {
 // Feeds `context` tokens (a prefill chunk of up to 64, then single tokens, with commits),
 // comparing attend() to attend_reference() at several steps; returns every output for the
 // sync/async comparison.
-std::vector<float> run_case(const Case& c, bool async, bool check) {
+std::vector<float> run_case(const Case& c, bool async, bool check, SimdLevel level = active_simd_level(),
+                            PQValueAggregation agg = PQValueAggregation::kSparse) {
   KVCacheShape shape;
   shape.n_layers = 2;
   shape.n_heads = c.n_heads;
@@ -73,8 +75,9 @@ std::vector<float> run_case(const Case& c, bool async, bool check) {
   opt.sinks = c.sinks;
   opt.batch = 16;
   opt.async = async;
-  auto base = make_pq_cache(shape, set, opt, "pq");
+  auto base = make_pq_cache(shape, set, opt, "pq", agg);
   auto& cache = static_cast<QuantizedKVCache&>(*base);
+  cache.set_simd_level(level);
   std::mt19937 rng(11);
   std::normal_distribution<float> dist;
   const std::int64_t kv_row = static_cast<std::int64_t>(c.n_kv_heads) * c.head_dim;
@@ -126,8 +129,13 @@ TEST(PqCache, AttentionEqualsDenseAttentionOverDecodedKV) {
                  Case{128, 64, 8, 8, 1, 32, 4, 300, RotationKind::kNone}, Case{128, 32, 4, 4, 2, 0, 4, 127, RotationKind::kHadamard},
                  Case{128, 64, 8, 16, 2, 128, 0, 128, RotationKind::kNone}, Case{64, 16, 8, 2, 1, 128, 4, 7, RotationKind::kNone},
                  Case{128, 16, 4, 8, 1, 64, 0, 1000, RotationKind::kHadamard}, Case{64, 64, 4, 4, 2, 0, 0, 1, RotationKind::kNone}}) {
-    SCOPED_TRACE(c.str());
-    run_case(c, /*async=*/false, /*check=*/true);
+    for (SimdLevel level : supported_simd_levels()) {
+      for (PQValueAggregation agg : {PQValueAggregation::kSparse, PQValueAggregation::kGather}) {
+        SCOPED_TRACE(c.str() + " level=" + simd_level_name(level) +
+                     (agg == PQValueAggregation::kSparse ? " values=sparse" : " values=gather"));
+        run_case(c, /*async=*/false, /*check=*/true, level, agg);
+      }
+    }
   }
 }
 

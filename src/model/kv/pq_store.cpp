@@ -1,11 +1,13 @@
-// PQ key/value stores (see pq_store.h). Scalar code for now: the SIMD work is in the encoder;
-// score accumulation and centroid gathers are plain loops the compiler vectorises partly.
+// PQ key/value stores (see pq_store.h). Scores of whole 16-token blocks go through the per-ISA
+// kernels of pq_attn_kernels.h (gathers from the lookup tables); block edges and the value
+// aggregation are plain loops.
 #include "model/kv/pq_store.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 
+#include "backends/cpu/pq_attn_kernels.h"
 #include "million/error.h"
 #include "pq/rotation.h"
 
@@ -20,7 +22,7 @@ PQCodes::PQCodes(std::shared_ptr<const CodebookSet> owner, std::vector<const PQC
   for (const PQCodebook* cb : codebooks_) {
     MILLION_ASSERT(cb->M == M_ && cb->head_dim == head_dim_ && cb->nbits == codebooks_[0]->nbits);
     encoders_.emplace_back(*cb);
-    codes_.emplace_back(static_cast<std::size_t>(capacity * M_));
+    codes_.emplace_back(static_cast<std::size_t>((capacity + 15) / 16 * 16 * M_));
   }
 }
 
@@ -39,8 +41,15 @@ void PQCodes::append(const float* x, int n) {
       rotate_vectors(cb.rotation_matrix, d, head.data(), n, rotated.data());
       src = rotated.data();
     }
-    encoders_[static_cast<std::size_t>(h)].encode(src, n, codes_[static_cast<std::size_t>(h)].data() + size_ * M_,
-                                                  active_simd_level());
+    std::vector<std::uint8_t> tmp(static_cast<std::size_t>(n) * M_);  // [n, M] token-major from the encoder
+    encoders_[static_cast<std::size_t>(h)].encode(src, n, tmp.data(), active_simd_level());
+    auto& dst = codes_[static_cast<std::size_t>(h)];
+    for (int t = 0; t < n; ++t) {
+      const std::int64_t tok = size_ + t;
+      for (int m = 0; m < M_; ++m) {
+        dst[static_cast<std::size_t>(((tok / 16) * M_ + m) * 16 + tok % 16)] = tmp[static_cast<std::size_t>(t) * M_ + m];
+      }
+    }
   }
   size_ += n;
 }
@@ -48,12 +57,16 @@ void PQCodes::append(const float* x, int n) {
 void PQCodes::decode(int h, std::int64_t t0, std::int64_t t1, float* out) const {
   const PQCodebook& cb = codebook(h);
   const std::int64_t n = t1 - t0;
+  std::vector<std::uint8_t> tok(static_cast<std::size_t>(n) * M_);  // back to token-major
+  for (std::int64_t t = 0; t < n; ++t) {
+    for (int m = 0; m < M_; ++m) tok[static_cast<std::size_t>(t * M_ + m)] = code(h, t0 + t, m);
+  }
   if (cb.rotation == RotationKind::kNone) {
-    pq_decode(cb, codes(h) + t0 * M_, n, out);
+    pq_decode(cb, tok.data(), n, out);
     return;
   }
   std::vector<float> rotated(static_cast<std::size_t>(n) * head_dim_);
-  pq_decode(cb, codes(h) + t0 * M_, n, rotated.data());
+  pq_decode(cb, tok.data(), n, rotated.data());
   unrotate_vectors(cb.rotation_matrix, head_dim_, rotated.data(), n, out);
 }
 
@@ -93,38 +106,127 @@ std::unique_ptr<PreparedQueries> PQKeyStore::prepare(int kv_head, const float* q
   return prep;
 }
 
-void PQKeyStore::scores(int kv_head, const PreparedQueries& prep, std::int64_t t0, std::int64_t t1, float* s,
-                        std::int64_t ld, SimdLevel) const {
-  const auto& lut = static_cast<const PQQueries&>(prep).lut;
-  const PQCodebook& cb = codes_.codebook(kv_head);
-  const int M = cb.M, ksub = cb.ksub();
-  const std::uint8_t* codes = codes_.codes(kv_head);
-  const int G = static_cast<int>(lut.size() / (static_cast<std::size_t>(M) * ksub));
+namespace {
+
+void scores_blocks_scalar(const std::uint8_t* codes, std::int64_t b0, std::int64_t b1, int M, int ksub,
+                          const float* lut, int G, float* s, std::int64_t ld) {
   for (int j = 0; j < G; ++j) {
-    const float* lj = lut.data() + static_cast<std::size_t>(j) * M * ksub;
-    for (std::int64_t t = t0; t < t1; ++t) {
-      const std::uint8_t* ct = codes + t * M;
-      float acc = 0.0f;
-      for (int m = 0; m < M; ++m) acc += lj[m * ksub + ct[m]];
-      s[j * ld + (t - t0)] = acc;
+    for (std::int64_t b = b0; b < b1; ++b) {
+      float acc[kPQBlockTokens] = {};
+      for (int m = 0; m < M; ++m) {
+        const std::uint8_t* cm = codes + (b * M + m) * kPQBlockTokens;
+        const float* row = lut + (static_cast<std::int64_t>(j) * M + m) * ksub;
+        for (int l = 0; l < kPQBlockTokens; ++l) acc[l] += row[cm[l]];
+      }
+      for (int l = 0; l < kPQBlockTokens; ++l) s[j * ld + (b - b0) * kPQBlockTokens + l] = acc[l];
     }
   }
 }
 
+const PQAttnKernels kPQAttnScalar = {scores_blocks_scalar};
+
+}  // namespace
+
+const PQAttnKernels& pq_attn_kernels(SimdLevel level) {
+  if (!simd_level_supported(level)) {
+    throw InvalidArgumentError(fmt::format("SIMD level '{}' is not supported by this CPU", simd_level_name(level)));
+  }
+  switch (level) {
+    case SimdLevel::kAvx2: return detail::kPQAttnAvx2;
+    case SimdLevel::kAvx512: return detail::kPQAttnAvx512;
+    default: return kPQAttnScalar;
+  }
+}
+
+void PQKeyStore::scores(int kv_head, const PreparedQueries& prep, std::int64_t t0, std::int64_t t1, float* s,
+                        std::int64_t ld, SimdLevel level) const {
+  const auto& lut = static_cast<const PQQueries&>(prep).lut;
+  const PQCodebook& cb = codes_.codebook(kv_head);
+  const int M = cb.M, ksub = cb.ksub();
+  const int G = static_cast<int>(lut.size() / (static_cast<std::size_t>(M) * ksub));
+  // Tokens outside whole 16-token blocks one at a time; whole blocks through the ISA kernel.
+  auto one = [&](std::int64_t t) {
+    for (int j = 0; j < G; ++j) {
+      const float* lj = lut.data() + static_cast<std::size_t>(j) * M * ksub;
+      float acc = 0.0f;
+      for (int m = 0; m < M; ++m) acc += lj[m * ksub + codes_.code(kv_head, t, m)];
+      s[j * ld + (t - t0)] = acc;
+    }
+  };
+  const std::int64_t b0 = (t0 + kPQBlockTokens - 1) / kPQBlockTokens, b1 = t1 / kPQBlockTokens;
+  if (b0 >= b1) {
+    for (std::int64_t t = t0; t < t1; ++t) one(t);
+    return;
+  }
+  for (std::int64_t t = t0; t < b0 * kPQBlockTokens; ++t) one(t);
+  pq_attn_kernels(level).scores_blocks(codes_.codes(kv_head), b0, b1, M, ksub, lut.data(), G,
+                                       s + (b0 * kPQBlockTokens - t0), ld);
+  for (std::int64_t t = b1 * kPQBlockTokens; t < t1; ++t) one(t);
+}
+
 void PQValueStore::append(const float* x, int n) { codes_.append(x, n); }
+
+namespace {
+
+// W[m][code][j] += p_j,t over the 16-token code blocks, subspace by subspace; the G heads of a
+// token are contiguous in W, so each (token, subspace) is one short vector add (G known at
+// compile time for the common group sizes).
+template <int kG>
+void sparse_accumulate_g(const std::uint8_t* codes, int M, int ksub, const float* p, std::int64_t ldp, int G,
+                         std::int64_t t0, std::int64_t t1, float* acc) {
+  const int g = kG > 0 ? kG : G;
+  std::vector<float> pt(static_cast<std::size_t>(kPQBlockTokens) * g);  // [16, G] this block's weights
+  for (std::int64_t b = t0 / kPQBlockTokens; b * kPQBlockTokens < t1; ++b) {
+    const std::int64_t lo = std::max(t0, b * kPQBlockTokens), hi = std::min(t1, (b + 1) * kPQBlockTokens);
+    for (std::int64_t t = lo; t < hi; ++t) {
+      for (int j = 0; j < g; ++j) pt[static_cast<std::size_t>((t - b * kPQBlockTokens) * g + j)] = p[j * ldp + (t - t0)];
+    }
+    for (int m = 0; m < M; ++m) {
+      const std::uint8_t* cm = codes + (b * M + m) * kPQBlockTokens;
+      float* wm = acc + static_cast<std::size_t>(m) * ksub * g;
+      for (std::int64_t t = lo; t < hi; ++t) {
+        const std::int64_t l = t - b * kPQBlockTokens;
+        float* w = wm + static_cast<std::size_t>(cm[l]) * g;
+        const float* pl = pt.data() + l * g;
+        for (int j = 0; j < g; ++j) w[j] += pl[j];
+      }
+    }
+  }
+}
+
+void sparse_accumulate(const std::uint8_t* codes, int M, int ksub, const float* p, std::int64_t ldp, int G,
+                       std::int64_t t0, std::int64_t t1, float* acc) {
+  switch (G) {
+    case 1: return sparse_accumulate_g<1>(codes, M, ksub, p, ldp, G, t0, t1, acc);
+    case 2: return sparse_accumulate_g<2>(codes, M, ksub, p, ldp, G, t0, t1, acc);
+    case 4: return sparse_accumulate_g<4>(codes, M, ksub, p, ldp, G, t0, t1, acc);
+    case 8: return sparse_accumulate_g<8>(codes, M, ksub, p, ldp, G, t0, t1, acc);
+    default: return sparse_accumulate_g<0>(codes, M, ksub, p, ldp, G, t0, t1, acc);
+  }
+}
+
+}  // namespace
+
+std::int64_t PQValueStore::accumulator_floats(int G) const {
+  const PQCodebook& cb = codes_.codebook(0);
+  return aggregation_ == PQValueAggregation::kGather ? static_cast<std::int64_t>(G) * cb.head_dim
+                                                     : static_cast<std::int64_t>(G) * cb.M * cb.ksub();
+}
 
 void PQValueStore::accumulate(int kv_head, const float* p, std::int64_t ldp, int G, std::int64_t t0, std::int64_t t1,
                               float* acc, SimdLevel) const {
   const PQCodebook& cb = codes_.codebook(kv_head);
   const int d = cb.head_dim, M = cb.M, dsub = cb.dsub(), ksub = cb.ksub();
-  const std::uint8_t* codes = codes_.codes(kv_head);
+  if (aggregation_ == PQValueAggregation::kSparse) {
+    sparse_accumulate(codes_.codes(kv_head), M, ksub, p, ldp, G, t0, t1, acc);
+    return;
+  }
   for (std::int64_t t = t0; t < t1; ++t) {
-    const std::uint8_t* ct = codes + t * M;
     for (int j = 0; j < G; ++j) {
       const float w = p[j * ldp + (t - t0)];
       float* aj = acc + static_cast<std::size_t>(j) * d;
       for (int m = 0; m < M; ++m) {
-        const float* c = cb.centroids.data() + (static_cast<std::size_t>(m) * ksub + ct[m]) * dsub;
+        const float* c = cb.centroids.data() + (static_cast<std::size_t>(m) * ksub + codes_.code(kv_head, t, m)) * dsub;
         for (int e = 0; e < dsub; ++e) aj[m * dsub + e] += w * c[e];
       }
     }
@@ -133,18 +235,36 @@ void PQValueStore::accumulate(int kv_head, const float* p, std::int64_t ldp, int
 
 void PQValueStore::finish(int kv_head, const float* acc, int G, float* out, SimdLevel) const {
   const PQCodebook& cb = codes_.codebook(kv_head);
-  const int d = cb.head_dim;
+  const int d = cb.head_dim, M = cb.M, dsub = cb.dsub(), ksub = cb.ksub();
+  std::vector<float> vec;  // [G, d] in the rotated space
+  const float* v = acc;
+  if (aggregation_ == PQValueAggregation::kSparse) {
+    vec.assign(static_cast<std::size_t>(G) * d, 0.0f);
+    for (int m = 0; m < M; ++m) {
+      const float* cm = cb.centroids.data() + static_cast<std::size_t>(m) * ksub * dsub;
+      for (int c = 0; c < ksub; ++c) {
+        const float* w = acc + (static_cast<std::size_t>(m) * ksub + c) * G;  // [M, ksub, G]
+        for (int j = 0; j < G; ++j) {
+          if (w[j] == 0.0f) continue;
+          float* o = vec.data() + static_cast<std::size_t>(j) * d + static_cast<std::size_t>(m) * dsub;
+          for (int e = 0; e < dsub; ++e) o[e] += w[j] * cm[c * dsub + e];
+        }
+      }
+    }
+    v = vec.data();
+  }
   if (cb.rotation == RotationKind::kNone) {
-    for (std::int64_t i = 0; i < static_cast<std::int64_t>(G) * d; ++i) out[i] += acc[i];
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(G) * d; ++i) out[i] += v[i];
     return;
   }
   std::vector<float> back(static_cast<std::size_t>(G) * d);
-  unrotate_vectors(cb.rotation_matrix, d, acc, G, back.data());
+  unrotate_vectors(cb.rotation_matrix, d, v, G, back.data());
   for (std::size_t i = 0; i < back.size(); ++i) out[i] += back[i];
 }
 
 std::unique_ptr<KVCache> make_pq_cache(const KVCacheShape& shape, std::shared_ptr<const CodebookSet> set,
-                                       const QuantizedCacheOptions& options, const std::string& name) {
+                                       const QuantizedCacheOptions& options, const std::string& name,
+                                       PQValueAggregation aggregation) {
   const ModelFingerprint& m = set->model;
   if (m.n_layers != shape.n_layers || m.n_kv_heads != shape.n_kv_heads || m.head_dim != shape.head_dim) {
     throw FormatError(fmt::format("the codebooks were made for {} layers x {} kv heads x head_dim {}, but the model "
@@ -161,7 +281,7 @@ std::unique_ptr<KVCache> make_pq_cache(const KVCacheShape& shape, std::shared_pt
       vc.push_back(&set->get(l, h, KVKind::kValue));
     }
     keys.push_back(std::make_unique<PQKeyStore>(set, kc, shape.capacity));
-    values.push_back(std::make_unique<PQValueStore>(set, vc, shape.capacity));
+    values.push_back(std::make_unique<PQValueStore>(set, vc, shape.capacity, aggregation));
   }
   return std::make_unique<QuantizedKVCache>(shape, options, name, std::move(keys), std::move(values));
 }
