@@ -50,6 +50,14 @@ class DenseRows {
   }
   std::int64_t size() const { return size_; }
   void clear() { size_ = 0; }
+  void decode(int h, std::int64_t t0, std::int64_t t1, float* out) const {
+    const CpuKernels& k = cpu_kernels(SimdLevel::kScalar);
+    for (std::int64_t t = t0; t < t1; ++t) {
+      float* o = out + (t - t0) * d_;
+      const float* r = row(h, t, o, k);
+      if (r != o) std::copy(r, r + d_, o);
+    }
+  }
   int d() const { return d_; }
   double bits() const { return f16_ ? 16.0 : 32.0; }
 
@@ -88,13 +96,7 @@ class DenseKeyStore final : public KeyStore {
       for (int j = 0; j < p.G; ++j) s[j * ld + (t - t0)] = k.dot_f32(p.q + static_cast<std::int64_t>(j) * rows_.d(), kt, rows_.d());
     }
   }
-  void decode(int h, std::int64_t t0, std::int64_t t1, float* out) const override {
-    const CpuKernels& k = cpu_kernels(SimdLevel::kScalar);
-    for (std::int64_t t = t0; t < t1; ++t) {
-      const float* r = rows_.row(h, t, out + (t - t0) * rows_.d(), k);
-      std::copy(r, r + rows_.d(), out + (t - t0) * rows_.d());
-    }
-  }
+  void decode(int h, std::int64_t t0, std::int64_t t1, float* out) const override { rows_.decode(h, t0, t1, out); }
   double bits_per_element() const override { return rows_.bits(); }
 
  private:
@@ -120,13 +122,7 @@ class DenseValueStore final : public ValueStore {
   void finish(int, const float* acc, int G, float* out, SimdLevel) const override {
     for (std::int64_t i = 0; i < static_cast<std::int64_t>(G) * rows_.d(); ++i) out[i] += acc[i];
   }
-  void decode(int h, std::int64_t t0, std::int64_t t1, float* out) const override {
-    const CpuKernels& k = cpu_kernels(SimdLevel::kScalar);
-    for (std::int64_t t = t0; t < t1; ++t) {
-      const float* r = rows_.row(h, t, out + (t - t0) * rows_.d(), k);
-      std::copy(r, r + rows_.d(), out + (t - t0) * rows_.d());
-    }
-  }
+  void decode(int h, std::int64_t t0, std::int64_t t1, float* out) const override { rows_.decode(h, t0, t1, out); }
   double bits_per_element() const override { return rows_.bits(); }
 
  private:
