@@ -49,13 +49,11 @@ std::shared_ptr<CodebookSet> random_codebooks(const KVCacheShape& s, PQConfig pc
 }
 
 std::unique_ptr<KVCache> make(const std::string& variant, const KVCacheShape& s) {
-  if (variant.rfind("pq-", 0) == 0) {  // pq-4bit, pq-2bit; "-gather" = gather value aggregation
+  if (variant.rfind("pq-", 0) == 0) {  // pq-4bit, pq-2bit
     QuantizedCacheOptions o;
     o.window = 0;
     o.batch = 1;
-    const bool gather = variant.find("gather") != std::string::npos;
-    return make_pq_cache(s, random_codebooks(s, {variant.rfind("pq-4bit", 0) == 0 ? 64 : 32, 8}), o, variant,
-                         gather ? PQValueAggregation::kGather : PQValueAggregation::kSparse);
+    return make_pq_cache(s, random_codebooks(s, {variant.rfind("pq-4bit", 0) == 0 ? 64 : 32, 8}), o, variant);
   }
   if (variant == "f32" || variant == "f16") return make_kv_cache(variant, s);
   return make_kv_cache(variant + ":window=0", s);
@@ -72,7 +70,7 @@ int main(int argc, char** argv) {
   std::vector<std::int64_t> contexts{1024, 4096, 16384, 32768};
   std::vector<int> threads{1, 2};
   std::vector<std::string> variants{"f32",    "f16",    "q8_0",           "q4_0",   "kivi-4",
-                                    "kivi-2", "pq-4bit", "pq-4bit-gather", "pq-2bit"};
+                                    "kivi-2", "pq-4bit", "pq-2bit"};
   int reps = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];

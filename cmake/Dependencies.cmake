@@ -32,6 +32,11 @@ pkg_check_modules(SENTENCEPIECE QUIET IMPORTED_TARGET sentencepiece)
 million_require(SENTENCEPIECE_FOUND libsentencepiece-dev "SentencePiece")
 add_library(million::sentencepiece ALIAS PkgConfig::SENTENCEPIECE)
 
+# PCRE2 (8-bit, Unicode properties, JIT) for the byte-level BPE pre-tokenizer regexes.
+pkg_check_modules(PCRE2 QUIET IMPORTED_TARGET libpcre2-8)
+million_require(PCRE2_FOUND libpcre2-dev "PCRE2")
+add_library(million::pcre2 ALIAS PkgConfig::PCRE2)
+
 # OpenBLAS, OpenMP build: GEMM called inside our OpenMP regions then runs on the calling thread
 # instead of starting a second thread pool that fights ours for the cores.
 find_library(MILLION_OPENBLAS_LIB NAMES openblas

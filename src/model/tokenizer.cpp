@@ -1,7 +1,8 @@
-// TextStreamer: turns a growing id sequence into printable text, one id at a time, by decoding
-// the whole sequence and returning only complete UTF-8 characters not returned before.
-// It does not validate UTF-8 beyond holding back an incomplete tail: invalid bytes in the middle
-// of the text are passed through as the tokenizer decoded them.
+// Choosing a model's tokenizer file and its loader, and TextStreamer: turns a growing id sequence
+// into printable text, one id at a time, by decoding the whole sequence and returning only
+// complete UTF-8 characters not returned before. The streamer does not validate UTF-8 beyond
+// holding back an incomplete tail: invalid bytes in the middle pass through as decoded.
+#include <filesystem>
 #include <utility>
 
 #include "model/tokenizer.h"
@@ -33,6 +34,26 @@ std::size_t incomplete_utf8_tail(const std::string& text) {
 }
 
 }  // namespace
+
+std::string find_tokenizer_file(const std::string& model_path) {
+  namespace fs = std::filesystem;
+  const fs::path path(model_path);
+  if (fs::is_directory(path)) {
+    for (const char* name : {"tokenizer.model", "tokenizer.json"}) {
+      if (fs::exists(path / name)) return (path / name).string();
+    }
+    return {};
+  }
+  if (const fs::path tok = path.parent_path() / "tok512.bin"; fs::exists(tok)) return tok.string();
+  return {};
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path, int vocab_size) {
+  const std::filesystem::path p(path);
+  if (p.extension() == ".bin") return load_llama2c_tokenizer(path, vocab_size);
+  if (p.extension() == ".json") return load_hf_tokenizer_json(path);
+  return load_sentencepiece_tokenizer(path);
+}
 
 TextStreamer::TextStreamer(const Tokenizer& tokenizer, std::vector<int> prefix_ids)
     : tokenizer_(tokenizer), ids_(std::move(prefix_ids)) {

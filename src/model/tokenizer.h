@@ -1,6 +1,7 @@
 // Tokenizer interface shared by every format, and the factory that picks one for a model.
 // Implementations: llama2.c tok512.bin (tokenizer_llama2c.cpp), SentencePiece tokenizer.model
-// (tokenizer_sentencepiece.cpp). Byte-level BPE (GPT-2 style) comes with the GGUF work.
+// (tokenizer_sentencepiece.cpp), byte-level BPE (GPT-2 style) from tokenizer.json, GPT-2 files
+// or plain data (tokenizer_bpe.h).
 #pragma once
 
 #include <memory>
@@ -37,6 +38,17 @@ std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& path, int v
 
 /// SentencePiece model file (tokenizer.model).
 std::unique_ptr<Tokenizer> load_sentencepiece_tokenizer(const std::string& path);
+
+/// Hugging Face tokenizer.json with a byte-level BPE model (see tokenizer_bpe.h).
+std::unique_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path);
+
+/// The tokenizer file that goes with a model: in a Hugging Face directory tokenizer.model, else
+/// tokenizer.json; beside a llama2.c checkpoint tok512.bin. "" when there is none.
+std::string find_tokenizer_file(const std::string& model_path);
+
+/// Loads a tokenizer file by its name: *.bin llama2.c (needs the model's vocab_size), *.json
+/// Hugging Face tokenizer.json, anything else a SentencePiece model.
+std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path, int vocab_size);
 
 /// Streaming text output for generation: feed ids one at a time, get back the new text that
 /// is safe to print (complete UTF-8 characters only). Decodes the whole sequence each time, so

@@ -134,7 +134,8 @@ void register_generate(CLI::App& app, int& verbosity) {
                   "Model: a Hugging Face directory (config.json + safetensors) or a llama2.c .bin checkpoint")
       ->capture_default_str();
   cmd->add_option("--tokenizer", args->tokenizer,
-                  "Tokenizer file (default: tokenizer.model in the model directory, or tok512.bin beside a .bin)");
+                  "Tokenizer file (default: tokenizer.model or tokenizer.json in the model directory, or "
+                  "tok512.bin beside a .bin)");
   auto* p = cmd->add_option("-p,--prompt", args->prompt, "Prompt text (empty: start from BOS alone)");
   cmd->add_option("-f,--prompt-file", args->prompt_file, "Read the prompt from a file ('-' for stdin)")->excludes(p);
   cmd->add_option("-n,--n-predict", args->n_predict, "Tokens to generate")->capture_default_str()->check(CLI::NonNegativeNumber);

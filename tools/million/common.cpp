@@ -26,8 +26,6 @@
 
 namespace million::cli {
 
-namespace fs = std::filesystem;
-
 LoadedModel load_model(const std::string& path, const std::string& tokenizer, bool need_tokenizer,
                        const std::string& weights) {
   if (weights != "native" && weights != "f32") {
@@ -39,28 +37,24 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer, bo
   wopt.to_f32 = weights == "f32";
   ModelWeights w = load_weights(path, wopt);
   log_info("model: {} ({}; {} of {} weights)", path, w.config.summary(), format_bytes(w.bytes()), w.matrix_dtype());
-  const bool is_dir = fs::is_directory(path);
-  std::string tok = tokenizer;
-  if (tok.empty()) {
-    if (is_dir && fs::exists(fs::path(path) / "tokenizer.model")) {
-      tok = (fs::path(path) / "tokenizer.model").string();
-    } else if (!is_dir && fs::exists(fs::path(path).parent_path() / "tok512.bin")) {
-      tok = (fs::path(path).parent_path() / "tok512.bin").string();
-    }
-  }
+  const std::string tok = tokenizer.empty() ? find_tokenizer_file(path) : tokenizer;
   if (!tok.empty()) {
-    if (fs::path(tok).extension() == ".bin") {
-      out.tokenizer = load_llama2c_tokenizer(tok, w.config.vocab_size);
-    } else {
-      out.tokenizer = load_sentencepiece_tokenizer(tok);
+    try {
+      out.tokenizer = load_tokenizer_file(tok, w.config.vocab_size);
+    } catch (const UnsupportedError& e) {
+      // A found tokenizer.json of a kind not handled yet must not stop work that needs no text.
+      if (need_tokenizer || !tokenizer.empty()) throw;
+      log_warn("{} (continuing without a tokenizer)", e.what());
+      out.model = std::make_unique<Model>(std::move(w));
+      return out;
     }
     if (out.tokenizer->vocab_size() > w.config.vocab_size) {
       throw FormatError(fmt::format("tokenizer '{}' has {} tokens but the model's vocabulary is {}", tok,
                                     out.tokenizer->vocab_size(), w.config.vocab_size));
     }
   } else if (need_tokenizer) {
-    throw IoError(fmt::format("no tokenizer found for '{}': expected tokenizer.model in the model directory or "
-                              "tok512.bin beside a llama2.c checkpoint; pass --tokenizer FILE",
+    throw IoError(fmt::format("no tokenizer found for '{}': expected tokenizer.model or tokenizer.json in the model "
+                              "directory or tok512.bin beside a llama2.c checkpoint; pass --tokenizer FILE",
                               path));
   }
   out.model = std::make_unique<Model>(std::move(w));

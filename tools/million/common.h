@@ -17,7 +17,8 @@ struct LoadedModel {
 };
 
 /// Loads weights from `path` (HF directory or llama2.c .bin) and its tokenizer: `tokenizer`
-/// if given, else tokenizer.model in the directory, else tok512.bin beside a .bin file.
+/// if given, else tokenizer.model or tokenizer.json in the directory, else tok512.bin beside a
+/// .bin file (find_tokenizer_file).
 /// `weights`: "native" (matrices stay in the file's dtype) or "f32" (converted at load).
 LoadedModel load_model(const std::string& path, const std::string& tokenizer, bool need_tokenizer,
                        const std::string& weights = "native");

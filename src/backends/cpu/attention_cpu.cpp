@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "backends/cpu/attn_tile_kernels.h"
 #include "backends/cpu/cpu_kernels.h"
 #include "kernels/dense_attention.h"
 
@@ -24,14 +25,14 @@ namespace {
 constexpr int kGemmMinQueries = 8;    // below this, GEMM tiles are too thin to beat dot products
 constexpr int kQueryBlock = 64;       // prefill queries per GEMM tile: S is 64 x n_keys floats
 constexpr std::int64_t kMinSplitKeys = 512;
-constexpr std::int64_t kTileKeys = 64;  // f16 rows converted per step: 64 x 128 x 4 B = 32 KiB, fits L1/L2  // a split's keys: 512 x 128 x 4 B = 256 KiB of K+V at f16
+constexpr std::int64_t kTileKeys = 256;  // key rows per tile-kernel call
 
 struct SoftmaxState {  // partial attention result of one head over one key range
   float max = -std::numeric_limits<float>::infinity();
   float sum = 0.0f;
 };
 
-void decode_attention(const DenseAttentionArgs& a, const CpuKernels& kern) {
+void decode_attention(const DenseAttentionArgs& a, const CpuKernels& kern, const AttnTileKernels& tk) {
   const int group = a.n_heads / a.n_kv_heads;
   const int d = a.head_dim;
   // Number of key splits: enough work items for every thread, no split under kMinSplitKeys
@@ -51,7 +52,6 @@ void decode_attention(const DenseAttentionArgs& a, const CpuKernels& kern) {
 #pragma omp parallel
   {
     std::vector<float> scores;  // [group, keys in split]
-    std::vector<float> tile(static_cast<std::size_t>(kTileKeys) * a.head_dim);  // f16 rows as f32
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t item = 0; item < n_items; ++item) {
       const int split = static_cast<int>(item % n_splits);
@@ -63,47 +63,40 @@ void decode_attention(const DenseAttentionArgs& a, const CpuKernels& kern) {
       const std::int64_t hi = first + span * (split + 1) / n_splits;  // exclusive
       const std::int64_t n = hi - lo;
       scores.resize(static_cast<std::size_t>(std::max<std::int64_t>(n, 1) * group));
-      const std::int64_t base = g * a.kv_head_stride;
-      // Rows of tile t0..t0+nt of this kv head as f32: in place for f32 storage, converted once
-      // into `tile` for f16 (then shared by the group's query heads).
-      auto rows = [&](const void* src, std::int64_t t0, std::int64_t nt) -> const float* {
-        const std::int64_t off = base + (lo + t0) * d;
-        if (a.kv_dtype == KVDType::kF32) return static_cast<const float*>(src) + off;
-        kern.f16_to_f32(static_cast<const std::uint16_t*>(src) + off, tile.data(), nt * d);
-        return tile.data();
-      };
+      const std::int64_t off = g * a.kv_head_stride + lo * d;
+      const float* q = a.q + (static_cast<std::int64_t>(i) * a.n_heads + g * group) * d;
+      // Scores of the group's heads, tile by tile: each key row is read once for all of them.
       for (std::int64_t t0 = 0; t0 < n; t0 += kTileKeys) {
-        const std::int64_t nt = std::min<std::int64_t>(kTileKeys, n - t0);
-        const float* kt = rows(a.k, t0, nt);
-        for (std::int64_t t = 0; t < nt; ++t) {
-          for (int j = 0; j < group; ++j) {
-            const float* q = a.q + (static_cast<std::int64_t>(i) * a.n_heads + g * group + j) * d;
-            scores[static_cast<std::size_t>(j * n + t0 + t)] = kern.dot_f32(q, kt + t * d, d) * a.scale;
-          }
+        const int nt = static_cast<int>(std::min<std::int64_t>(kTileKeys, n - t0));
+        float* s = scores.data() + t0;
+        if (a.kv_dtype == KVDType::kF32) {
+          tk.dot_rows_f32(q, group, d, static_cast<const float*>(a.k) + off + t0 * d, d, nt, s, n);
+        } else {
+          tk.dot_rows_f16(q, group, d, static_cast<const std::uint16_t*>(a.k) + off + t0 * d, d, nt, s, n);
         }
       }
-      // Per head: max and exp in place, then one pass over V tiles for all heads of the group.
       for (int j = 0; j < group; ++j) {
         float* s = scores.data() + static_cast<std::int64_t>(j) * n;
-        float m = -std::numeric_limits<float>::infinity();
-        for (std::int64_t t = 0; t < n; ++t) m = std::max(m, s[t]);
-        float sum = 0.0f;
-        for (std::int64_t t = 0; t < n; ++t) {
-          s[t] = std::exp(s[t] - m);
-          sum += s[t];
-        }
+        for (std::int64_t t = 0; t < n; ++t) s[t] *= a.scale;
+        const float m = tk.max(s, n);
+        const float sum = tk.exp_sum(s, n, m);
         const std::int64_t slot = (static_cast<std::int64_t>(i) * a.n_heads + g * group + j) * n_splits + split;
         states[static_cast<std::size_t>(slot)] = {m, n > 0 ? sum : 0.0f};
       }
+      // The group's heads are consecutive slots: accumulators [group, d] at stride n_splits * d.
+      const std::int64_t slot0 = (static_cast<std::int64_t>(i) * a.n_heads + g * group) * n_splits + split;
+      std::vector<float> acc(static_cast<std::size_t>(group) * d, 0.0f);
       for (std::int64_t t0 = 0; t0 < n; t0 += kTileKeys) {
-        const std::int64_t nt = std::min<std::int64_t>(kTileKeys, n - t0);
-        const float* vt = rows(a.v, t0, nt);
-        for (int j = 0; j < group; ++j) {
-          const std::int64_t slot = (static_cast<std::int64_t>(i) * a.n_heads + g * group + j) * n_splits + split;
-          float* acc = accs.data() + slot * d;
-          const float* s = scores.data() + static_cast<std::int64_t>(j) * n + t0;
-          for (std::int64_t t = 0; t < nt; ++t) kern.axpy_f32(s[t], vt + t * d, acc, d);
+        const int nt = static_cast<int>(std::min<std::int64_t>(kTileKeys, n - t0));
+        const float* p = scores.data() + t0;
+        if (a.kv_dtype == KVDType::kF32) {
+          tk.axpy_rows_f32(p, n, group, d, static_cast<const float*>(a.v) + off + t0 * d, d, nt, acc.data());
+        } else {
+          tk.axpy_rows_f16(p, n, group, d, static_cast<const std::uint16_t*>(a.v) + off + t0 * d, d, nt, acc.data());
         }
+      }
+      for (int j = 0; j < group; ++j) {
+        std::copy_n(acc.data() + static_cast<std::int64_t>(j) * d, d, accs.data() + (slot0 + static_cast<std::int64_t>(j) * n_splits) * d);
       }
     }
 
@@ -196,7 +189,7 @@ void dense_attention(const DenseAttentionArgs& args, SimdLevel level) {
   args.validate();
   const CpuKernels& kern = cpu_kernels(level);
   if (args.n_queries < kGemmMinQueries) {
-    decode_attention(args, kern);
+    decode_attention(args, kern, attn_tile_kernels(level));
   } else {
     prefill_attention(args, kern);
   }

@@ -1,31 +1,118 @@
-// AVX-512 PQ score accumulation: per (block of 16 tokens, subspace) one 16-byte load of codes,
-// widened to 32-bit indices and shared by the G query heads, one gather per head from its
-// lookup-table row (ksub floats, L1/L2 resident). Compiled with AVX-512 flags only.
+// AVX-512 PQ attention kernels with gathers (see pq_attn_kernels.h): the AVX2 structure with
+// 16-token lane groups (4 per 64-token block). Used where the CPU lacks VBMI for the byte-plane
+// kernels (pq_attn_avx512_vbmi.cpp). Compiled with AVX-512 flags only.
 #include <immintrin.h>
+
+#include <algorithm>
 
 #include "backends/cpu/pq_attn_kernels.h"
 
 namespace million {
 namespace {
 
-constexpr int kMaxHeads = 8;  // accumulators held in registers per pass; more heads take more passes
+constexpr int kLanes = 16;
+constexpr int kGroups = kPQBlockTokens / kLanes;
 
-void scores_blocks(const std::uint8_t* codes, std::int64_t b0, std::int64_t b1, int M, int ksub, const float* lut,
-                   int G, float* s, std::int64_t ld) {
-  for (int j0 = 0; j0 < G; j0 += kMaxHeads) {
-    const int nj = G - j0 < kMaxHeads ? G - j0 : kMaxHeads;
+inline __m512i lane_indices(const std::uint8_t* codes, std::int64_t b, int M, int m, int grp, int dsub) {
+  const __m512i idx = _mm512_cvtepu8_epi32(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + (b * M + m) * kPQBlockTokens + grp * kLanes)));
+  return dsub == 1 ? idx : _mm512_mullo_epi32(idx, _mm512_set1_epi32(dsub));
+}
+
+template <int NJ>
+void scores_heads(const PQKernelCodebook& cb, const std::uint8_t* codes, std::int64_t b0, std::int64_t b1,
+                  const float* q, float* s, std::int64_t lds) {
+  const int M = cb.M, dsub = cb.dsub, d = cb.head_dim();
+  const int group = std::clamp(kPQTableBytes / (cb.ksub * dsub * 4), 1, M);
+  for (int m0 = 0; m0 < M; m0 += group) {
+    const int m1 = std::min(M, m0 + group);
     for (std::int64_t b = b0; b < b1; ++b) {
-      __m512 acc[kMaxHeads];
-      for (int j = 0; j < nj; ++j) acc[j] = _mm512_setzero_ps();
-      const std::uint8_t* cb = codes + b * M * 16;
-      for (int m = 0; m < M; ++m) {
-        const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cb + m * 16)));
-        for (int j = 0; j < nj; ++j) {
-          const float* row = lut + (static_cast<std::int64_t>(j0 + j) * M + m) * ksub;
-          acc[j] = _mm512_add_ps(acc[j], _mm512_i32gather_ps(idx, row, 4));
+      for (int grp = 0; grp < kGroups; ++grp) {
+        float* sb = s + (b - b0) * kPQBlockTokens + grp * kLanes;
+        __m512 acc[NJ];
+        for (int j = 0; j < NJ; ++j) acc[j] = m0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(sb + j * lds);
+        for (int m = m0; m < m1; ++m) {
+          const __m512i idx = lane_indices(codes, b, M, m, grp, dsub);
+          const float* cm = cb.centroids + static_cast<std::int64_t>(m) * cb.ksub * dsub;
+          const float* qm = q + m * dsub;
+          for (int e = 0; e < dsub; ++e) {
+            const __m512 v = _mm512_i32gather_ps(idx, cm + e, 4);
+            for (int j = 0; j < NJ; ++j) acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(qm[j * d + e]), acc[j]);
+          }
+        }
+        for (int j = 0; j < NJ; ++j) _mm512_storeu_ps(sb + j * lds, acc[j]);
+      }
+    }
+  }
+}
+
+void scores(const PQKernelCodebook& cb, const std::uint8_t* codes, std::int64_t b0, std::int64_t b1, const float* q,
+            int G, float* s, std::int64_t lds) {
+  const int d = cb.head_dim();
+  for (int j0 = 0; j0 < G; j0 += 8) {
+    const float* qj = q + j0 * d;
+    float* sj = s + j0 * lds;
+    switch (std::min(8, G - j0)) {
+      case 1: scores_heads<1>(cb, codes, b0, b1, qj, sj, lds); break;
+      case 2: scores_heads<2>(cb, codes, b0, b1, qj, sj, lds); break;
+      case 3: scores_heads<3>(cb, codes, b0, b1, qj, sj, lds); break;
+      case 4: scores_heads<4>(cb, codes, b0, b1, qj, sj, lds); break;
+      case 5: scores_heads<5>(cb, codes, b0, b1, qj, sj, lds); break;
+      case 6: scores_heads<6>(cb, codes, b0, b1, qj, sj, lds); break;
+      case 7: scores_heads<7>(cb, codes, b0, b1, qj, sj, lds); break;
+      default: scores_heads<8>(cb, codes, b0, b1, qj, sj, lds); break;
+    }
+  }
+}
+
+template <int NJ, int NE>
+void accumulate_heads(const PQKernelCodebook& cb, const std::uint8_t* codes, std::int64_t b0, std::int64_t b1,
+                      const float* p, std::int64_t ldp, float* acc) {
+  const int M = cb.M, dsub = cb.dsub, d = cb.head_dim();
+  for (int m = 0; m < M; ++m) {
+    const float* cm = cb.centroids + static_cast<std::int64_t>(m) * cb.ksub * dsub;
+    for (int e0 = 0; e0 < dsub; e0 += NE) {
+      __m512 a[NJ][NE];
+      for (int j = 0; j < NJ; ++j) {
+        for (int e = 0; e < NE; ++e) a[j][e] = _mm512_setzero_ps();
+      }
+      for (std::int64_t b = b0; b < b1; ++b) {
+        for (int grp = 0; grp < kGroups; ++grp) {
+          const __m512i idx = lane_indices(codes, b, M, m, grp, dsub);
+          __m512 w[NJ];
+          for (int j = 0; j < NJ; ++j) w[j] = _mm512_loadu_ps(p + j * ldp + (b - b0) * kPQBlockTokens + grp * kLanes);
+          for (int e = 0; e < NE; ++e) {
+            const __m512 v = _mm512_i32gather_ps(idx, cm + e0 + e, 4);
+            for (int j = 0; j < NJ; ++j) a[j][e] = _mm512_fmadd_ps(w[j], v, a[j][e]);
+          }
         }
       }
-      for (int j = 0; j < nj; ++j) _mm512_storeu_ps(s + (j0 + j) * ld + (b - b0) * 16, acc[j]);
+      for (int j = 0; j < NJ; ++j) {
+        for (int e = 0; e < NE; ++e) acc[j * d + m * dsub + e0 + e] += _mm512_reduce_add_ps(a[j][e]);
+      }
+    }
+  }
+}
+
+template <int NJ>
+void accumulate_nj(const PQKernelCodebook& cb, const std::uint8_t* codes, std::int64_t b0, std::int64_t b1,
+                   const float* p, std::int64_t ldp, float* acc) {
+  if (cb.dsub % 4 == 0 && NJ * 4 <= 16) return accumulate_heads<NJ, 4>(cb, codes, b0, b1, p, ldp, acc);
+  if (cb.dsub % 2 == 0) return accumulate_heads<NJ, 2>(cb, codes, b0, b1, p, ldp, acc);
+  accumulate_heads<NJ, 1>(cb, codes, b0, b1, p, ldp, acc);
+}
+
+void accumulate(const PQKernelCodebook& cb, const std::uint8_t* codes, std::int64_t b0, std::int64_t b1,
+                const float* p, std::int64_t ldp, int G, float* acc) {
+  const int d = cb.head_dim();
+  for (int j0 = 0; j0 < G; j0 += 4) {
+    const float* pj = p + j0 * ldp;
+    float* aj = acc + j0 * d;
+    switch (std::min(4, G - j0)) {
+      case 1: accumulate_nj<1>(cb, codes, b0, b1, pj, ldp, aj); break;
+      case 2: accumulate_nj<2>(cb, codes, b0, b1, pj, ldp, aj); break;
+      case 3: accumulate_nj<3>(cb, codes, b0, b1, pj, ldp, aj); break;
+      default: accumulate_nj<4>(cb, codes, b0, b1, pj, ldp, aj); break;
     }
   }
 }
@@ -33,7 +120,7 @@ void scores_blocks(const std::uint8_t* codes, std::int64_t b0, std::int64_t b1, 
 }  // namespace
 
 namespace detail {
-const PQAttnKernels kPQAttnAvx512 = {scores_blocks};
+const PQAttnKernels kPQAttnAvx512 = {"avx512-gather", scores, accumulate};
 }
 
 }  // namespace million

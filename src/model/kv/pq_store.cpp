@@ -1,28 +1,67 @@
-// PQ key/value stores (see pq_store.h). Scores of whole 16-token blocks go through the per-ISA
-// kernels of pq_attn_kernels.h (gathers from the lookup tables); block edges and the value
-// aggregation are plain loops.
+// PQ key/value stores (see pq_store.h). Whole 16-token blocks go through the per-ISA kernels of
+// pq_attn_kernels.h; blocks cut by the range's ends through a small scratch buffer.
 #include "model/kv/pq_store.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
+#include <map>
 
 #include "backends/cpu/pq_attn_kernels.h"
+#include "core/half.h"
 #include "million/error.h"
 #include "pq/rotation.h"
 
 namespace million {
 
+void round_centroids_to_f16(PQCodebook& cb) {
+  for (float& x : cb.centroids) {
+    if (!(std::fabs(x) <= 65504.0f)) {
+      throw FormatError(fmt::format("codebook centroid value {} is outside the f16 range the PQ cache holds "
+                                    "centroids in (|x| <= 65504)", x));
+    }
+    x = f16_to_f32(f32_to_f16(x));
+  }
+}
+
+std::vector<std::uint8_t> pq_byte_planes(const PQCodebook& cb) {
+  const int ksub = cb.ksub(), dsub = cb.dsub();
+  std::vector<std::uint8_t> planes(static_cast<std::size_t>(cb.head_dim) * 512, 0);
+  for (int m = 0; m < cb.M; ++m) {
+    for (int c = 0; c < ksub; ++c) {
+      for (int e = 0; e < dsub; ++e) {
+        const std::uint16_t h = f32_to_f16(cb.centroids[static_cast<std::size_t>((m * ksub + c) * dsub + e)]);
+        const std::size_t row = static_cast<std::size_t>(m * dsub + e) * 512;
+        planes[row + static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(h & 0xff);
+        planes[row + 256 + static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(h >> 8);
+      }
+    }
+  }
+  return planes;
+}
+
 PQCodes::PQCodes(std::shared_ptr<const CodebookSet> owner, std::vector<const PQCodebook*> codebooks,
                  std::int64_t capacity)
-    : owner_(std::move(owner)), codebooks_(std::move(codebooks)), capacity_(capacity) {
-  MILLION_ASSERT(!codebooks_.empty());
-  M_ = codebooks_[0]->M;
-  head_dim_ = codebooks_[0]->head_dim;
-  for (const PQCodebook* cb : codebooks_) {
-    MILLION_ASSERT(cb->M == M_ && cb->head_dim == head_dim_ && cb->nbits == codebooks_[0]->nbits);
-    encoders_.emplace_back(*cb);
-    codes_.emplace_back(static_cast<std::size_t>((capacity + 15) / 16 * 16 * M_));
+    : owner_(std::move(owner)), capacity_(capacity) {
+  MILLION_ASSERT(!codebooks.empty());
+  M_ = codebooks[0]->M;
+  head_dim_ = codebooks[0]->head_dim;
+  std::map<const PQCodebook*, int> seen;
+  for (const PQCodebook* cb : codebooks) {
+    MILLION_ASSERT(cb->M == M_ && cb->head_dim == head_dim_ && cb->nbits == codebooks[0]->nbits);
+    auto [it, fresh] = seen.emplace(cb, static_cast<int>(books_.size()));
+    head_book_.push_back(it->second);
+    codes_.emplace_back(static_cast<std::size_t>((capacity + kPQBlockTokens - 1) / kPQBlockTokens * kPQBlockTokens * M_));
+    if (!fresh) continue;
+    Book bk;
+    bk.cb = std::make_unique<PQCodebook>(*cb);
+    round_centroids_to_f16(*bk.cb);
+    bk.planes = pq_byte_planes(*bk.cb);
+    const int ksub = cb->ksub(), dsub = cb->dsub();
+    bk.encoder = std::make_unique<PQEncoder>(*bk.cb);
+    bk.kernel = PQKernelCodebook{M_, ksub, dsub, bk.cb->centroids.data(), bk.planes.data()};
+    books_.push_back(std::move(bk));
   }
 }
 
@@ -31,6 +70,7 @@ void PQCodes::append(const float* x, int n) {
   const int n_kv_heads = this->n_kv_heads();
   const int d = head_dim_;
   std::vector<float> head(static_cast<std::size_t>(n) * d), rotated(head.size());
+  std::vector<std::uint8_t> tmp(static_cast<std::size_t>(n) * M_);  // [n, M] token-major from the encoder
   for (int h = 0; h < n_kv_heads; ++h) {
     for (int t = 0; t < n; ++t) {
       std::copy_n(x + (static_cast<std::int64_t>(t) * n_kv_heads + h) * d, d, head.begin() + static_cast<std::ptrdiff_t>(t) * d);
@@ -41,14 +81,12 @@ void PQCodes::append(const float* x, int n) {
       rotate_vectors(cb.rotation_matrix, d, head.data(), n, rotated.data());
       src = rotated.data();
     }
-    std::vector<std::uint8_t> tmp(static_cast<std::size_t>(n) * M_);  // [n, M] token-major from the encoder
-    encoders_[static_cast<std::size_t>(h)].encode(src, n, tmp.data(), active_simd_level());
+    book(h).encoder->encode(src, n, tmp.data(), active_simd_level());
     auto& dst = codes_[static_cast<std::size_t>(h)];
     for (int t = 0; t < n; ++t) {
       const std::int64_t tok = size_ + t;
-      for (int m = 0; m < M_; ++m) {
-        dst[static_cast<std::size_t>(((tok / 16) * M_ + m) * 16 + tok % 16)] = tmp[static_cast<std::size_t>(t) * M_ + m];
-      }
+      std::uint8_t* blk = dst.data() + (tok / kPQBlockTokens) * M_ * kPQBlockTokens + tok % kPQBlockTokens;
+      for (int m = 0; m < M_; ++m) blk[m * kPQBlockTokens] = tmp[static_cast<std::size_t>(t) * M_ + m];
     }
   }
   size_ += n;
@@ -73,8 +111,26 @@ void PQCodes::decode(int h, std::int64_t t0, std::int64_t t1, float* out) const 
 namespace {
 
 struct PQQueries final : PreparedQueries {
-  std::vector<float> lut;  // [G, M, ksub]: lut[(j * M + m) * ksub + c] = q_j[m-th subspace] . C[m][c]
+  std::vector<float> q;  // [G, head_dim]: the query heads in the codebook's (rotated) space
+  int G = 0;
 };
+
+// Runs `kernel(b0, b1, buf, ld)` over the 16-token blocks covering [t0, t1): interior blocks
+// straight on the caller's rows (buf + offset), edge blocks through a [G, 16] scratch that
+// `edge(block, scratch)` fills before (values: zero-padded probabilities) or drains after
+// (keys: the lanes inside the range).
+template <typename Whole, typename Edge>
+void over_blocks(std::int64_t t0, std::int64_t t1, Whole&& whole, Edge&& edge) {
+  const std::int64_t first = t0 / kPQBlockTokens, last = (t1 + kPQBlockTokens - 1) / kPQBlockTokens;
+  const std::int64_t in0 = (t0 + kPQBlockTokens - 1) / kPQBlockTokens, in1 = t1 / kPQBlockTokens;
+  if (in0 >= in1) {
+    for (std::int64_t b = first; b < last; ++b) edge(b);
+    return;
+  }
+  if (first < in0) edge(first);
+  whole(in0, in1);
+  if (in1 < last) edge(in1);
+}
 
 }  // namespace
 
@@ -82,189 +138,83 @@ void PQKeyStore::append(const float* x, int n) { codes_.append(x, n); }
 
 std::unique_ptr<PreparedQueries> PQKeyStore::prepare(int kv_head, const float* q, int G, SimdLevel) const {
   const PQCodebook& cb = codes_.codebook(kv_head);
-  const int d = cb.head_dim, M = cb.M, dsub = cb.dsub(), ksub = cb.ksub();
-  std::vector<float> qr(static_cast<std::size_t>(G) * d);
-  if (cb.rotation != RotationKind::kNone) {
-    rotate_vectors(cb.rotation_matrix, d, q, G, qr.data());
-  } else {
-    std::copy_n(q, G * d, qr.begin());
-  }
+  const int d = cb.head_dim;
   auto prep = std::make_unique<PQQueries>();
-  prep->lut.resize(static_cast<std::size_t>(G) * M * ksub);
-  for (int j = 0; j < G; ++j) {
-    for (int m = 0; m < M; ++m) {
-      const float* qs = qr.data() + static_cast<std::size_t>(j) * d + static_cast<std::size_t>(m) * dsub;
-      const float* cm = cb.centroids.data() + static_cast<std::size_t>(m) * ksub * dsub;
-      float* row = prep->lut.data() + (static_cast<std::size_t>(j) * M + m) * ksub;
-      for (int c = 0; c < ksub; ++c) {
-        float acc = 0.0f;
-        for (int e = 0; e < dsub; ++e) acc += qs[e] * cm[c * dsub + e];
-        row[c] = acc;
-      }
-    }
+  prep->G = G;
+  prep->q.resize(static_cast<std::size_t>(G) * d);
+  if (cb.rotation != RotationKind::kNone) {
+    rotate_vectors(cb.rotation_matrix, d, q, G, prep->q.data());
+  } else {
+    std::copy_n(q, G * d, prep->q.begin());
   }
   return prep;
 }
 
-namespace {
-
-void scores_blocks_scalar(const std::uint8_t* codes, std::int64_t b0, std::int64_t b1, int M, int ksub,
-                          const float* lut, int G, float* s, std::int64_t ld) {
-  for (int j = 0; j < G; ++j) {
-    for (std::int64_t b = b0; b < b1; ++b) {
-      float acc[kPQBlockTokens] = {};
-      for (int m = 0; m < M; ++m) {
-        const std::uint8_t* cm = codes + (b * M + m) * kPQBlockTokens;
-        const float* row = lut + (static_cast<std::int64_t>(j) * M + m) * ksub;
-        for (int l = 0; l < kPQBlockTokens; ++l) acc[l] += row[cm[l]];
-      }
-      for (int l = 0; l < kPQBlockTokens; ++l) s[j * ld + (b - b0) * kPQBlockTokens + l] = acc[l];
-    }
-  }
-}
-
-const PQAttnKernels kPQAttnScalar = {scores_blocks_scalar};
-
-}  // namespace
-
-const PQAttnKernels& pq_attn_kernels(SimdLevel level) {
-  if (!simd_level_supported(level)) {
-    throw InvalidArgumentError(fmt::format("SIMD level '{}' is not supported by this CPU", simd_level_name(level)));
-  }
-  switch (level) {
-    case SimdLevel::kAvx2: return detail::kPQAttnAvx2;
-    case SimdLevel::kAvx512: return detail::kPQAttnAvx512;
-    default: return kPQAttnScalar;
-  }
-}
-
 void PQKeyStore::scores(int kv_head, const PreparedQueries& prep, std::int64_t t0, std::int64_t t1, float* s,
                         std::int64_t ld, SimdLevel level) const {
-  const auto& lut = static_cast<const PQQueries&>(prep).lut;
-  const PQCodebook& cb = codes_.codebook(kv_head);
-  const int M = cb.M, ksub = cb.ksub();
-  const int G = static_cast<int>(lut.size() / (static_cast<std::size_t>(M) * ksub));
-  // Tokens outside whole 16-token blocks one at a time; whole blocks through the ISA kernel.
-  auto one = [&](std::int64_t t) {
-    for (int j = 0; j < G; ++j) {
-      const float* lj = lut.data() + static_cast<std::size_t>(j) * M * ksub;
-      float acc = 0.0f;
-      for (int m = 0; m < M; ++m) acc += lj[m * ksub + codes_.code(kv_head, t, m)];
-      s[j * ld + (t - t0)] = acc;
-    }
+  MILLION_ASSERT(0 <= t0 && t0 <= t1 && t1 <= codes_.size());
+  const auto& pq = static_cast<const PQQueries&>(prep);
+  const PQAttnKernels& k = pq_attn_kernels(level);
+  const int G = pq.G;
+  const std::uint8_t* codes = codes_.codes(kv_head);
+  const PQKernelCodebook& kc = codes_.kernel_codebook(kv_head);
+  auto run = [&](std::int64_t b0, std::int64_t b1, float* dst, std::int64_t lds) {
+    k.scores(kc, codes, b0, b1, pq.q.data(), G, dst, lds);
   };
-  const std::int64_t b0 = (t0 + kPQBlockTokens - 1) / kPQBlockTokens, b1 = t1 / kPQBlockTokens;
-  if (b0 >= b1) {
-    for (std::int64_t t = t0; t < t1; ++t) one(t);
-    return;
-  }
-  for (std::int64_t t = t0; t < b0 * kPQBlockTokens; ++t) one(t);
-  pq_attn_kernels(level).scores_blocks(codes_.codes(kv_head), b0, b1, M, ksub, lut.data(), G,
-                                       s + (b0 * kPQBlockTokens - t0), ld);
-  for (std::int64_t t = b1 * kPQBlockTokens; t < t1; ++t) one(t);
+  over_blocks(
+      t0, t1, [&](std::int64_t b0, std::int64_t b1) { run(b0, b1, s + (b0 * kPQBlockTokens - t0), ld); },
+      [&](std::int64_t b) {
+        std::vector<float> scratch(static_cast<std::size_t>(G) * kPQBlockTokens);
+        float* buf = scratch.data();
+        run(b, b + 1, buf, kPQBlockTokens);
+        const std::int64_t lo = std::max(t0, b * kPQBlockTokens), hi = std::min(t1, (b + 1) * kPQBlockTokens);
+        for (int j = 0; j < G; ++j) {
+          for (std::int64_t t = lo; t < hi; ++t) s[j * ld + (t - t0)] = buf[j * kPQBlockTokens + (t - b * kPQBlockTokens)];
+        }
+      });
 }
 
 void PQValueStore::append(const float* x, int n) { codes_.append(x, n); }
 
-namespace {
-
-// W[m][code][j] += p_j,t over the 16-token code blocks, subspace by subspace; the G heads of a
-// token are contiguous in W, so each (token, subspace) is one short vector add (G known at
-// compile time for the common group sizes).
-template <int kG>
-void sparse_accumulate_g(const std::uint8_t* codes, int M, int ksub, const float* p, std::int64_t ldp, int G,
-                         std::int64_t t0, std::int64_t t1, float* acc) {
-  const int g = kG > 0 ? kG : G;
-  std::vector<float> pt(static_cast<std::size_t>(kPQBlockTokens) * g);  // [16, G] this block's weights
-  for (std::int64_t b = t0 / kPQBlockTokens; b * kPQBlockTokens < t1; ++b) {
-    const std::int64_t lo = std::max(t0, b * kPQBlockTokens), hi = std::min(t1, (b + 1) * kPQBlockTokens);
-    for (std::int64_t t = lo; t < hi; ++t) {
-      for (int j = 0; j < g; ++j) pt[static_cast<std::size_t>((t - b * kPQBlockTokens) * g + j)] = p[j * ldp + (t - t0)];
-    }
-    for (int m = 0; m < M; ++m) {
-      const std::uint8_t* cm = codes + (b * M + m) * kPQBlockTokens;
-      float* wm = acc + static_cast<std::size_t>(m) * ksub * g;
-      for (std::int64_t t = lo; t < hi; ++t) {
-        const std::int64_t l = t - b * kPQBlockTokens;
-        float* w = wm + static_cast<std::size_t>(cm[l]) * g;
-        const float* pl = pt.data() + l * g;
-        for (int j = 0; j < g; ++j) w[j] += pl[j];
-      }
-    }
-  }
-}
-
-void sparse_accumulate(const std::uint8_t* codes, int M, int ksub, const float* p, std::int64_t ldp, int G,
-                       std::int64_t t0, std::int64_t t1, float* acc) {
-  switch (G) {
-    case 1: return sparse_accumulate_g<1>(codes, M, ksub, p, ldp, G, t0, t1, acc);
-    case 2: return sparse_accumulate_g<2>(codes, M, ksub, p, ldp, G, t0, t1, acc);
-    case 4: return sparse_accumulate_g<4>(codes, M, ksub, p, ldp, G, t0, t1, acc);
-    case 8: return sparse_accumulate_g<8>(codes, M, ksub, p, ldp, G, t0, t1, acc);
-    default: return sparse_accumulate_g<0>(codes, M, ksub, p, ldp, G, t0, t1, acc);
-  }
-}
-
-}  // namespace
-
 std::int64_t PQValueStore::accumulator_floats(int G) const {
-  const PQCodebook& cb = codes_.codebook(0);
-  return aggregation_ == PQValueAggregation::kGather ? static_cast<std::int64_t>(G) * cb.head_dim
-                                                     : static_cast<std::int64_t>(G) * cb.M * cb.ksub();
+  return static_cast<std::int64_t>(G) * codes_.head_dim();
 }
 
 void PQValueStore::accumulate(int kv_head, const float* p, std::int64_t ldp, int G, std::int64_t t0, std::int64_t t1,
-                              float* acc, SimdLevel) const {
-  const PQCodebook& cb = codes_.codebook(kv_head);
-  const int d = cb.head_dim, M = cb.M, dsub = cb.dsub(), ksub = cb.ksub();
-  if (aggregation_ == PQValueAggregation::kSparse) {
-    sparse_accumulate(codes_.codes(kv_head), M, ksub, p, ldp, G, t0, t1, acc);
-    return;
-  }
-  for (std::int64_t t = t0; t < t1; ++t) {
-    for (int j = 0; j < G; ++j) {
-      const float w = p[j * ldp + (t - t0)];
-      float* aj = acc + static_cast<std::size_t>(j) * d;
-      for (int m = 0; m < M; ++m) {
-        const float* c = cb.centroids.data() + (static_cast<std::size_t>(m) * ksub + codes_.code(kv_head, t, m)) * dsub;
-        for (int e = 0; e < dsub; ++e) aj[m * dsub + e] += w * c[e];
-      }
-    }
-  }
+                              float* acc, SimdLevel level) const {
+  MILLION_ASSERT(0 <= t0 && t0 <= t1 && t1 <= codes_.size());
+  const PQAttnKernels& k = pq_attn_kernels(level);
+  const std::uint8_t* codes = codes_.codes(kv_head);
+  const PQKernelCodebook& kc = codes_.kernel_codebook(kv_head);
+  auto run = [&](std::int64_t b0, std::int64_t b1, const float* w, std::int64_t ldw) {
+    k.accumulate(kc, codes, b0, b1, w, ldw, G, acc);
+  };
+  over_blocks(
+      t0, t1, [&](std::int64_t b0, std::int64_t b1) { run(b0, b1, p + (b0 * kPQBlockTokens - t0), ldp); },
+      [&](std::int64_t b) {
+        std::vector<float> buf(static_cast<std::size_t>(G) * kPQBlockTokens, 0.0f);  // zero outside [t0, t1)
+        const std::int64_t lo = std::max(t0, b * kPQBlockTokens), hi = std::min(t1, (b + 1) * kPQBlockTokens);
+        for (int j = 0; j < G; ++j) {
+          for (std::int64_t t = lo; t < hi; ++t) buf[static_cast<std::size_t>(j * kPQBlockTokens + (t - b * kPQBlockTokens))] = p[j * ldp + (t - t0)];
+        }
+        run(b, b + 1, buf.data(), kPQBlockTokens);
+      });
 }
 
 void PQValueStore::finish(int kv_head, const float* acc, int G, float* out, SimdLevel) const {
   const PQCodebook& cb = codes_.codebook(kv_head);
-  const int d = cb.head_dim, M = cb.M, dsub = cb.dsub(), ksub = cb.ksub();
-  std::vector<float> vec;  // [G, d] in the rotated space
-  const float* v = acc;
-  if (aggregation_ == PQValueAggregation::kSparse) {
-    vec.assign(static_cast<std::size_t>(G) * d, 0.0f);
-    for (int m = 0; m < M; ++m) {
-      const float* cm = cb.centroids.data() + static_cast<std::size_t>(m) * ksub * dsub;
-      for (int c = 0; c < ksub; ++c) {
-        const float* w = acc + (static_cast<std::size_t>(m) * ksub + c) * G;  // [M, ksub, G]
-        for (int j = 0; j < G; ++j) {
-          if (w[j] == 0.0f) continue;
-          float* o = vec.data() + static_cast<std::size_t>(j) * d + static_cast<std::size_t>(m) * dsub;
-          for (int e = 0; e < dsub; ++e) o[e] += w[j] * cm[c * dsub + e];
-        }
-      }
-    }
-    v = vec.data();
-  }
+  const int d = cb.head_dim;
   if (cb.rotation == RotationKind::kNone) {
-    for (std::int64_t i = 0; i < static_cast<std::int64_t>(G) * d; ++i) out[i] += v[i];
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(G) * d; ++i) out[i] += acc[i];
     return;
   }
   std::vector<float> back(static_cast<std::size_t>(G) * d);
-  unrotate_vectors(cb.rotation_matrix, d, v, G, back.data());
+  unrotate_vectors(cb.rotation_matrix, d, acc, G, back.data());
   for (std::size_t i = 0; i < back.size(); ++i) out[i] += back[i];
 }
 
 std::unique_ptr<KVCache> make_pq_cache(const KVCacheShape& shape, std::shared_ptr<const CodebookSet> set,
-                                       const QuantizedCacheOptions& options, const std::string& name,
-                                       PQValueAggregation aggregation) {
+                                       const QuantizedCacheOptions& options, const std::string& name) {
   const ModelFingerprint& m = set->model;
   if (m.n_layers != shape.n_layers || m.n_kv_heads != shape.n_kv_heads || m.head_dim != shape.head_dim) {
     throw FormatError(fmt::format("the codebooks were made for {} layers x {} kv heads x head_dim {}, but the model "
@@ -281,7 +231,7 @@ std::unique_ptr<KVCache> make_pq_cache(const KVCacheShape& shape, std::shared_pt
       vc.push_back(&set->get(l, h, KVKind::kValue));
     }
     keys.push_back(std::make_unique<PQKeyStore>(set, kc, shape.capacity));
-    values.push_back(std::make_unique<PQValueStore>(set, vc, shape.capacity, aggregation));
+    values.push_back(std::make_unique<PQValueStore>(set, vc, shape.capacity));
   }
   return std::make_unique<QuantizedKVCache>(shape, options, name, std::move(keys), std::move(values));
 }

@@ -1,11 +1,11 @@
 // MILLION's product-quantized key and value stores: per kv head, the codes of every coded token
 // and a pointer to the codebook that made them (per (layer, head), per layer or shared).
-// Keys: attention scores through a lookup table per query head, LUT[m][c] = q_m . C[m][c], so a
-// token's score is the sum of M table entries (DESIGN.md §2). Values: the centroids of each
-// token are gathered, weighted, and rotated back once at the end.
-// Codes layout: per kv head, blocks of 16 tokens, subspace-major inside a block:
-// [ceil(capacity / 16), M, 16] u8 (src/backends/cpu/pq_attn_kernels.h), one byte per code
-// whatever nbits is (4-bit codes are not packed yet; bits_per_element() reports the bytes).
+// Keys: scores by decoding each token's centroids and multiplying with the rotated query heads
+// of the group (pq_attn_kernels.h says why not a lookup table per head). Values: the centroids
+// of each token are gathered, weighted by the probabilities, and rotated back once at the end.
+// Codes layout: per kv head, blocks of 64 tokens, subspace-major inside a block:
+// [ceil(capacity / 64), M, 64] u8 (src/backends/cpu/pq_attn_kernels.h), one byte per code
+// whatever nbits is (codes under 8 bits are not packed yet; bits_per_element() reports bytes).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/pq_attn_kernels.h"
 #include "model/kv/kv_store.h"
 #include "model/kv/quantized_cache.h"
 #include "pq/codebook.h"
@@ -20,21 +21,36 @@
 
 namespace million {
 
+/// Rounds every centroid coordinate to the nearest f16 value (kept as f32); throws FormatError
+/// for a value outside the f16 range.
+void round_centroids_to_f16(PQCodebook& cb);
+/// The byte planes the VBMI kernels decode from (pq_attn_kernels.h): [head_dim][2][256], the
+/// low then high bytes of each coordinate's f16 bits, entries past ksub zero.
+std::vector<std::uint8_t> pq_byte_planes(const PQCodebook& cb);
+
 /// Shared by the key and value stores: codes and codebooks of one kind of one layer.
+/// The store holds its own copy of each distinct codebook with every centroid coordinate
+/// rounded to f16 (the byte-plane kernels decode f16; rounding once keeps every path, the
+/// encoder and decode() on identical values; the error, 2^-11 relative, is ~100x below PQ's
+/// own), plus the byte planes of those f16 values for the kernels.
 class PQCodes {
  public:
   /// codebooks[h] is kv head h's codebook (entries may repeat under coarser granularities);
-  /// every one must have the same head_dim, M and nbits. `owner` keeps them alive.
+  /// every one must have the same head_dim, M and nbits. Throws FormatError for a centroid
+  /// outside the f16 range.
   PQCodes(std::shared_ptr<const CodebookSet> owner, std::vector<const PQCodebook*> codebooks, std::int64_t capacity);
 
   void append(const float* x, int n);  // x [n, n_kv_heads, head_dim]
-  int n_kv_heads() const { return static_cast<int>(codebooks_.size()); }
+  int n_kv_heads() const { return static_cast<int>(head_book_.size()); }
   std::int64_t size() const { return size_; }
   void clear() { size_ = 0; }
-  const PQCodebook& codebook(int h) const { return *codebooks_[static_cast<std::size_t>(h)]; }
-  const std::uint8_t* codes(int h) const { return codes_[static_cast<std::size_t>(h)].data(); }  // [blocks, M, 16]
+  /// Head h's codebook as the store uses it (f16-rounded centroids).
+  const PQCodebook& codebook(int h) const { return *book(h).cb; }
+  const PQKernelCodebook& kernel_codebook(int h) const { return book(h).kernel; }
+  const std::uint8_t* codes(int h) const { return codes_[static_cast<std::size_t>(h)].data(); }  // [blocks, M, 64]
   std::uint8_t code(int h, std::int64_t t, int m) const {
-    return codes_[static_cast<std::size_t>(h)][static_cast<std::size_t>(((t / 16) * M_ + m) * 16 + t % 16)];
+    return codes_[static_cast<std::size_t>(h)][static_cast<std::size_t>(((t / kPQBlockTokens) * M_ + m) * kPQBlockTokens +
+                                                                        t % kPQBlockTokens)];
   }
   int M() const { return M_; }
   int head_dim() const { return head_dim_; }
@@ -43,10 +59,18 @@ class PQCodes {
   void decode(int h, std::int64_t t0, std::int64_t t1, float* out) const;
 
  private:
+  struct Book {
+    std::unique_ptr<PQCodebook> cb;     // f16-rounded copy
+    std::unique_ptr<PQEncoder> encoder;  // over *cb
+    std::vector<std::uint8_t> planes;    // [M * dsub][2][256]
+    PQKernelCodebook kernel;
+  };
+  const Book& book(int h) const { return books_[static_cast<std::size_t>(head_book_[static_cast<std::size_t>(h)])]; }
+
   std::shared_ptr<const CodebookSet> owner_;
-  std::vector<const PQCodebook*> codebooks_;
-  std::vector<PQEncoder> encoders_;
-  std::vector<std::vector<std::uint8_t>> codes_;  // per head [ceil(capacity / 16), M, 16]
+  std::vector<Book> books_;
+  std::vector<int> head_book_;                     // head -> index into books_
+  std::vector<std::vector<std::uint8_t>> codes_;  // per head [ceil(capacity / 64), M, 64]
   std::int64_t capacity_;
   std::int64_t size_ = 0;
   int M_, head_dim_;
@@ -71,21 +95,14 @@ class PQKeyStore final : public KeyStore {
   PQCodes codes_;
 };
 
-/// How PQValueStore aggregates values: gather each token's centroids into a [G, head_dim]
-/// accumulator (cost per token ~ head_dim), or add each token's weight to W[M, ksub, G] and
-/// combine W with the centroids once in finish() (cost per token ~ M, plus ksub * head_dim
-/// once): the second wins once a call covers more than a few hundred tokens.
-enum class PQValueAggregation { kGather, kSparse };
-
 class PQValueStore final : public ValueStore {
  public:
-  PQValueStore(std::shared_ptr<const CodebookSet> owner, std::vector<const PQCodebook*> codebooks, std::int64_t capacity,
-               PQValueAggregation aggregation = PQValueAggregation::kSparse)
-      : codes_(std::move(owner), std::move(codebooks), capacity), aggregation_(aggregation) {}
+  PQValueStore(std::shared_ptr<const CodebookSet> owner, std::vector<const PQCodebook*> codebooks, std::int64_t capacity)
+      : codes_(std::move(owner), std::move(codebooks), capacity) {}
   void append(const float* x, int n) override;
   std::int64_t size() const override { return codes_.size(); }
   void clear() override { codes_.clear(); }
-  /// kGather: [G, head_dim] in the rotated space; kSparse: [M, ksub, G] weights per centroid.
+  /// [G, head_dim]: the weighted sum of decoded values in the codebook's (rotated) space.
   std::int64_t accumulator_floats(int G) const override;
   void accumulate(int kv_head, const float* p, std::int64_t ldp, int G, std::int64_t t0, std::int64_t t1, float* acc,
                   SimdLevel level) const override;
@@ -97,13 +114,11 @@ class PQValueStore final : public ValueStore {
 
  private:
   PQCodes codes_;
-  PQValueAggregation aggregation_;
 };
 
 /// The PQ cache for a model: per layer a PQKeyStore and PQValueStore over the set's codebooks.
 /// Throws FormatError if the set does not fit the shape (layers, kv heads, head_dim).
 std::unique_ptr<KVCache> make_pq_cache(const KVCacheShape& shape, std::shared_ptr<const CodebookSet> codebooks,
-                                       const QuantizedCacheOptions& options, const std::string& name,
-                                       PQValueAggregation aggregation = PQValueAggregation::kSparse);
+                                       const QuantizedCacheOptions& options, const std::string& name);
 
 }  // namespace million

@@ -1,8 +1,9 @@
 // QuantizedKVCache: sinks + coded + window bookkeeping, background encoding, and the attention
-// driver over the three parts (see quantized_cache.h). The driver works per (query, kv head):
-// one PreparedQueries per group of query heads (GQA: the group reads its kv head's codes once),
-// scores for sinks / coded / window tokens into one row per head, softmax in place, then the
-// weighted values: exact rows directly, coded ones through the value store's accumulator.
+// driver over the three parts (see quantized_cache.h). The driver is flash-decoding shaped:
+// one PreparedQueries per (query, kv head) (GQA: the group of query heads reads its kv head's
+// codes once), work items = (query, kv head, split of the coded range) so one long sequence
+// keeps every core busy, each item folds tiles of kTileTokens scores into an online softmax
+// and the weighted values, and the splits are merged with log-sum-exp weights at the end.
 #include "model/kv/quantized_cache.h"
 
 #include <fmt/format.h>
@@ -13,6 +14,7 @@
 #include <limits>
 #include <numeric>
 
+#include "backends/cpu/attn_tile_kernels.h"
 #include "kernels/dense_attention.h"
 #include "million/error.h"
 
@@ -211,6 +213,26 @@ std::int64_t QuantizedKVCache::bytes_allocated() const {
   return static_cast<std::int64_t>(bytes_per_token() * static_cast<double>(shape_.capacity));
 }
 
+namespace {
+
+constexpr std::int64_t kTileTokens = 1024;     // coded tokens per softmax tile: codes 64 KiB at M = 64, scores 4G KiB
+constexpr std::int64_t kMinSplitTokens = 1024;  // no sequence split shorter than this
+
+// Online-softmax state of the G heads of one work item (flash-decoding): running max and sum
+// per head, and two unnormalised accumulators: coded tokens in the value store's space (PQ:
+// rotated), exact sink/window tokens in the model's space.
+struct ItemState {
+  std::vector<float> max, sum, coded, exact;
+  void reset(int G, std::int64_t coded_floats, int d) {
+    max.assign(static_cast<std::size_t>(G), -std::numeric_limits<float>::infinity());
+    sum.assign(static_cast<std::size_t>(G), 0.0f);
+    coded.assign(static_cast<std::size_t>(coded_floats), 0.0f);
+    exact.assign(static_cast<std::size_t>(G) * d, 0.0f);
+  }
+};
+
+}  // namespace
+
 void QuantizedKVCache::attend(int layer, std::int64_t pos0, int n, const float* q, float* out) {
   check_range(layer, pos0, n);
   wait_layer(layer);
@@ -222,66 +244,123 @@ void QuantizedKVCache::attend(int layer, std::int64_t pos0, int n, const float* 
   const std::int64_t coded = L.keys->size();
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
   const SimdLevel level = simd_;
-  const std::int64_t n_items = static_cast<std::int64_t>(n) * H;
+  const AttnTileKernels& tk = attn_tile_kernels(level);
+  const std::int64_t acc_floats = L.values->accumulator_floats(G);
 
-#pragma omp parallel for schedule(dynamic, 1)
-  for (std::int64_t item = 0; item < n_items; ++item) {
-    const int i = static_cast<int>(item / H), g = static_cast<int>(item % H);
-    const std::int64_t p = pos0 + i;
-    const std::int64_t n_sink = std::min(sinks_held, p + 1);
-    const std::int64_t n_coded = std::clamp<std::int64_t>(p + 1 - opt_.sinks, 0, coded);
-    const std::int64_t n_win = std::max<std::int64_t>(0, std::min(L.appended, p + 1) - L.exact_begin);
-    const std::int64_t T = n_sink + n_coded + n_win;
-    const float* qg = q + (static_cast<std::int64_t>(i) * shape_.n_heads + static_cast<std::int64_t>(g) * G) * d;
-    float* og = out + (static_cast<std::int64_t>(i) * shape_.n_heads + static_cast<std::int64_t>(g) * G) * d;
-    std::vector<float> s(static_cast<std::size_t>(G * T));  // [G, T]: sinks | coded | window
+  // Query i sees n_sink sink tokens, coded tokens [0, n_coded) and window tokens [0, n_win).
+  auto coded_seen = [&](int i) { return std::clamp<std::int64_t>(pos0 + i + 1 - opt_.sinks, 0, coded); };
+  // Work items: (query, kv head, split of the coded range); split 0 also takes the exact tokens.
+  // Splits only when there are fewer (query, kv head) pairs than threads want.
+  const std::int64_t pairs = static_cast<std::int64_t>(n) * H;
+  const int threads = omp_get_max_threads();
+  std::int64_t n_splits = std::max<std::int64_t>(1, (4 * threads + pairs - 1) / pairs);
+  n_splits = std::min(n_splits, std::max<std::int64_t>(1, coded_seen(0) / kMinSplitTokens));
+  const std::int64_t n_items = pairs * n_splits;
 
-    auto exact_dot = [&](const float* rows, std::int64_t t, int j) {
-      const float* kt = rows + t * r + static_cast<std::int64_t>(g) * d;
-      const float* qj = qg + static_cast<std::int64_t>(j) * d;
-      float acc = 0.0f;
-      for (int c = 0; c < d; ++c) acc += qj[c] * kt[c];
-      return acc;
-    };
-    for (int j = 0; j < G; ++j) {
-      for (std::int64_t t = 0; t < n_sink; ++t) s[static_cast<std::size_t>(j * T + t)] = exact_dot(L.sink_k.data(), t, j);
-      for (std::int64_t t = 0; t < n_win; ++t) {
-        s[static_cast<std::size_t>(j * T + n_sink + n_coded + t)] = exact_dot(L.exact_k.data(), t, j);
+  std::vector<std::unique_ptr<PreparedQueries>> prepared(static_cast<std::size_t>(pairs));
+  std::vector<ItemState> states(static_cast<std::size_t>(n_items));
+
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (std::int64_t pair = 0; pair < pairs; ++pair) {
+      const int i = static_cast<int>(pair / H), g = static_cast<int>(pair % H);
+      if (coded_seen(i) == 0) continue;
+      prepared[static_cast<std::size_t>(pair)] =
+          L.keys->prepare(g, q + (static_cast<std::int64_t>(i) * shape_.n_heads + static_cast<std::int64_t>(g) * G) * d,
+                          G, level);
+    }
+
+    std::vector<float> s(static_cast<std::size_t>(G) * kTileTokens);
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t item = 0; item < n_items; ++item) {
+      const std::int64_t pair = item / n_splits, split = item % n_splits;
+      const int i = static_cast<int>(pair / H), g = static_cast<int>(pair % H);
+      const std::int64_t p = pos0 + i;
+      const float* qg = q + (static_cast<std::int64_t>(i) * shape_.n_heads + static_cast<std::int64_t>(g) * G) * d;
+      ItemState& st = states[static_cast<std::size_t>(item)];
+      st.reset(G, acc_floats, d);
+
+      // One tile of nt scores per head in s[j * ld]: fold into the running softmax state, then
+      // weight the tile's values (`accumulate` gets the probabilities).
+      auto fold = [&](std::int64_t nt, std::int64_t ld, auto&& accumulate) {
+        for (int j = 0; j < G; ++j) {
+          float* sj = s.data() + j * ld;
+          for (std::int64_t t = 0; t < nt; ++t) sj[t] *= scale;
+          const float m_new = std::max(st.max[static_cast<std::size_t>(j)], tk.max(sj, nt));
+          const float m_old = st.max[static_cast<std::size_t>(j)];
+          if (m_new > m_old && st.sum[static_cast<std::size_t>(j)] > 0.0f) {
+            const float w = std::exp(m_old - m_new);
+            st.sum[static_cast<std::size_t>(j)] *= w;
+            const std::int64_t per_head = acc_floats / G;
+            for (std::int64_t c = 0; c < per_head; ++c) st.coded[static_cast<std::size_t>(j * per_head + c)] *= w;
+            for (int c = 0; c < d; ++c) st.exact[static_cast<std::size_t>(j * d + c)] *= w;
+          }
+          st.max[static_cast<std::size_t>(j)] = m_new;
+          st.sum[static_cast<std::size_t>(j)] += tk.exp_sum(sj, nt, m_new);
+        }
+        accumulate();
+      };
+
+      if (split == 0) {  // sinks and window, exact f32 rows
+        const std::int64_t n_sink = std::min(sinks_held, p + 1);
+        const std::int64_t n_win = std::max<std::int64_t>(0, std::min(L.appended, p + 1) - L.exact_begin);
+        auto exact_rows = [&](const std::vector<float>& keys, const std::vector<float>& values, std::int64_t count) {
+          for (std::int64_t t0 = 0; t0 < count; t0 += kTileTokens) {
+            const int nt = static_cast<int>(std::min(kTileTokens, count - t0));
+            const float* kr = keys.data() + t0 * r + static_cast<std::int64_t>(g) * d;
+            const float* vr = values.data() + t0 * r + static_cast<std::int64_t>(g) * d;
+            tk.dot_rows_f32(qg, G, d, kr, r, nt, s.data(), nt);
+            fold(nt, nt, [&] { tk.axpy_rows_f32(s.data(), nt, G, d, vr, r, nt, st.exact.data()); });
+          }
+        };
+        exact_rows(L.sink_k, L.sink_v, n_sink);
+        exact_rows(L.exact_k, L.exact_v, n_win);
+      }
+      const std::int64_t n_coded = coded_seen(i);
+      if (n_coded > 0) {
+        // Split boundaries on whole tiles so stores see aligned ranges.
+        const std::int64_t tiles = (n_coded + kTileTokens - 1) / kTileTokens;
+        const std::int64_t c0 = std::min(n_coded, tiles * split / n_splits * kTileTokens);
+        const std::int64_t c1 = std::min(n_coded, tiles * (split + 1) / n_splits * kTileTokens);
+        const PreparedQueries& prep = *prepared[static_cast<std::size_t>(pair)];
+        for (std::int64_t t0 = c0; t0 < c1; t0 += kTileTokens) {
+          const std::int64_t t1 = std::min(c1, t0 + kTileTokens), nt = t1 - t0;
+          L.keys->scores(g, prep, t0, t1, s.data(), nt, level);
+          fold(nt, nt, [&] { L.values->accumulate(g, s.data(), nt, G, t0, t1, st.coded.data(), level); });
+        }
       }
     }
-    if (n_coded > 0) {
-      auto prep = L.keys->prepare(g, qg, G, level);
-      L.keys->scores(g, *prep, 0, n_coded, s.data() + n_sink, T, level);
-    }
-    std::vector<float> sums(static_cast<std::size_t>(G));
-    for (int j = 0; j < G; ++j) {
-      float* sj = s.data() + static_cast<std::size_t>(j) * T;
-      float m = -std::numeric_limits<float>::infinity();
-      for (std::int64_t t = 0; t < T; ++t) m = std::max(m, sj[t] *= scale);
-      float sum = 0.0f;
-      for (std::int64_t t = 0; t < T; ++t) sum += (sj[t] = std::exp(sj[t] - m));
-      sums[static_cast<std::size_t>(j)] = sum;
-    }
-    std::fill(og, og + static_cast<std::int64_t>(G) * d, 0.0f);
-    if (n_coded > 0) {
-      std::vector<float> acc(static_cast<std::size_t>(L.values->accumulator_floats(G)), 0.0f);
-      L.values->accumulate(g, s.data() + n_sink, T, G, 0, n_coded, acc.data(), level);
-      L.values->finish(g, acc.data(), G, og, level);
-    }
-    for (int j = 0; j < G; ++j) {
-      float* oj = og + static_cast<std::int64_t>(j) * d;
-      const float* sj = s.data() + static_cast<std::size_t>(j) * T;
-      auto add_rows = [&](const float* rows, std::int64_t count, std::int64_t s_off) {
-        for (std::int64_t t = 0; t < count; ++t) {
-          const float w = sj[s_off + t];
-          const float* vt = rows + t * r + static_cast<std::int64_t>(g) * d;
-          for (int c = 0; c < d; ++c) oj[c] += w * vt[c];
+
+    // Merge the splits of each (query, kv head): weights e^{max_s - max} for every split's sums
+    // and accumulators; the coded accumulator goes through the value store's finish() once.
+#pragma omp for schedule(static)
+    for (std::int64_t pair = 0; pair < pairs; ++pair) {
+      const int i = static_cast<int>(pair / H), g = static_cast<int>(pair % H);
+      float* og = out + (static_cast<std::int64_t>(i) * shape_.n_heads + static_cast<std::int64_t>(g) * G) * d;
+      const ItemState* parts = states.data() + pair * n_splits;
+      std::vector<float> coded_acc(static_cast<std::size_t>(acc_floats), 0.0f), total(static_cast<std::size_t>(G), 0.0f);
+      std::fill(og, og + static_cast<std::int64_t>(G) * d, 0.0f);
+      const std::int64_t per_head = acc_floats / G;
+      for (int j = 0; j < G; ++j) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (std::int64_t sp = 0; sp < n_splits; ++sp) m = std::max(m, parts[sp].max[static_cast<std::size_t>(j)]);
+        for (std::int64_t sp = 0; sp < n_splits; ++sp) {
+          const ItemState& st = parts[sp];
+          if (st.sum[static_cast<std::size_t>(j)] == 0.0f) continue;
+          const float w = std::exp(st.max[static_cast<std::size_t>(j)] - m);
+          total[static_cast<std::size_t>(j)] += w * st.sum[static_cast<std::size_t>(j)];
+          for (std::int64_t c = 0; c < per_head; ++c) {
+            coded_acc[static_cast<std::size_t>(j * per_head + c)] += w * st.coded[static_cast<std::size_t>(j * per_head + c)];
+          }
+          for (int c = 0; c < d; ++c) og[j * d + c] += w * st.exact[static_cast<std::size_t>(j * d + c)];
         }
-      };
-      add_rows(L.sink_v.data(), n_sink, 0);
-      add_rows(L.exact_v.data(), n_win, n_sink + n_coded);
-      const float inv = 1.0f / sums[static_cast<std::size_t>(j)];
-      for (int c = 0; c < d; ++c) oj[c] *= inv;
+      }
+      if (coded_seen(i) > 0) L.values->finish(g, coded_acc.data(), G, og, level);
+      for (int j = 0; j < G; ++j) {
+        const float inv = 1.0f / total[static_cast<std::size_t>(j)];
+        for (int c = 0; c < d; ++c) og[j * d + c] *= inv;
+      }
     }
   }
 }
