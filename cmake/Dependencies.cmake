@@ -8,14 +8,30 @@ function(million_require found package what)
   endif()
 endfunction()
 
-find_package(PkgConfig)
-million_require(PKG_CONFIG_FOUND pkg-config "pkg-config")
-
 find_package(OpenMP)
 million_require(OpenMP_CXX_FOUND libgomp1 "OpenMP (comes with g++)")
 
 find_package(fmt QUIET)
+if(NOT fmt_FOUND AND MILLION_FMT_INCLUDE_DIR)
+  # Header-only fmt from an unpacked libfmt-dev (scripts/gpu-deps.sh), for machines without it.
+  add_library(fmt::fmt INTERFACE IMPORTED)
+  target_include_directories(fmt::fmt INTERFACE ${MILLION_FMT_INCLUDE_DIR})
+  target_compile_definitions(fmt::fmt INTERFACE FMT_HEADER_ONLY=1)
+  set(fmt_FOUND TRUE)
+endif()
 million_require(fmt_FOUND libfmt-dev "the fmt formatting library")
+
+if(MILLION_BUILD_TESTS)
+  find_package(GTest QUIET)
+  million_require(GTest_FOUND libgtest-dev "GoogleTest")
+endif()
+
+if(NOT MILLION_CPU_ENGINE)
+  return()
+endif()
+
+find_package(PkgConfig)
+million_require(PKG_CONFIG_FOUND pkg-config "pkg-config")
 
 find_package(nlohmann_json 3 QUIET)
 million_require(nlohmann_json_FOUND nlohmann-json3-dev "nlohmann-json")
@@ -61,10 +77,6 @@ add_library(million::faiss INTERFACE IMPORTED)
 target_include_directories(million::faiss INTERFACE ${MILLION_FAISS_INCLUDE})
 target_link_libraries(million::faiss INTERFACE ${MILLION_FAISS_LIB} million::blas OpenMP::OpenMP_CXX)
 
-if(MILLION_BUILD_TESTS)
-  find_package(GTest QUIET)
-  million_require(GTest_FOUND libgtest-dev "GoogleTest")
-endif()
 if(MILLION_BUILD_BENCH)
   find_package(benchmark QUIET)
   million_require(benchmark_FOUND libbenchmark-dev "Google Benchmark")

@@ -13,6 +13,7 @@
 #include "core/memory.h"
 #include "million/error.h"
 #include "million/log.h"
+#include "model/gguf_model.h"
 #include "model/safetensors.h"
 
 namespace million {
@@ -175,6 +176,7 @@ ModelWeights load_weights(const std::string& path, const WeightsOptions& options
   std::error_code ec;
   if (fs::is_directory(path, ec)) return load_hf_weights(path, options);
   if (!fs::exists(path, ec)) throw IoError(fmt::format("model '{}' does not exist", path));
+  if (is_gguf_file(path)) return load_gguf_weights(path, options);  // checks its own memory needs
   const std::int64_t size = static_cast<std::int64_t>(fs::file_size(path, ec));
   require_memory(size, fmt::format("the model '{}'", path));
   return load_llama2c_weights(path);  // f32 already; to_f32 changes nothing

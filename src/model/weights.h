@@ -54,7 +54,8 @@ ModelWeights load_hf_weights(const std::string& dir, const WeightsOptions& optio
 /// llama2.c checkpoint (legacy format: 7 int32 header, f32 tensors; see models/stories260K/README.md).
 ModelWeights load_llama2c_weights(const std::string& path);
 
-/// Loads whichever format `path` is: a directory with config.json, or a llama2.c .bin file.
+/// Loads whichever format `path` is: a directory with config.json, a .gguf file (by its magic;
+/// see gguf_model.h), or a llama2.c .bin file.
 /// Refuses (ResourceError) a model whose weights would not fit in the available memory.
 ModelWeights load_weights(const std::string& path, const WeightsOptions& options = {});
 

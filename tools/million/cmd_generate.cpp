@@ -102,9 +102,11 @@ void run_generate(const GenerateArgs& a, int verbosity) {
   opt.stop_ids = cfg.eos_ids;
 
   // Echo the prompt, then stream the continuation.
-  TextStreamer streamer(tok, {prompt.front()});
+  // (A tokenizer that adds no BOS, e.g. a GGUF with add_bos_token false, has its first token echoed too.)
+  const std::size_t skip = prompt.front() == tok.bos_id() ? 1 : 0;
+  TextStreamer streamer(tok, std::vector<int>(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(skip)));
   std::string echoed;
-  for (std::size_t i = 1; i < prompt.size(); ++i) echoed += streamer.push(prompt[i]);
+  for (std::size_t i = skip; i < prompt.size(); ++i) echoed += streamer.push(prompt[i]);
   std::fputs(echoed.c_str(), stdout);
   std::fflush(stdout);
   GenerateStats st = generate(model, *cache, prompt, opt, [&](int id) {

@@ -19,6 +19,7 @@
 #include "million/error.h"
 #include "million/log.h"
 #include "million/simd.h"
+#include "model/gguf_model.h"
 
 #ifndef MILLION_GIT_COMMIT
 #define MILLION_GIT_COMMIT "unknown"
@@ -37,10 +38,12 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer, bo
   wopt.to_f32 = weights == "f32";
   ModelWeights w = load_weights(path, wopt);
   log_info("model: {} ({}; {} of {} weights)", path, w.config.summary(), format_bytes(w.bytes()), w.matrix_dtype());
-  const std::string tok = tokenizer.empty() ? find_tokenizer_file(path) : tokenizer;
+  // A GGUF model carries its tokenizer; --tokenizer may also name a .gguf file.
+  const bool gguf_model = is_gguf_file(path);
+  const std::string tok = !tokenizer.empty() ? tokenizer : gguf_model ? path : find_tokenizer_file(path);
   if (!tok.empty()) {
     try {
-      out.tokenizer = load_tokenizer_file(tok, w.config.vocab_size);
+      out.tokenizer = is_gguf_file(tok) ? load_gguf_tokenizer(tok) : load_tokenizer_file(tok, w.config.vocab_size);
     } catch (const UnsupportedError& e) {
       // A found tokenizer.json of a kind not handled yet must not stop work that needs no text.
       if (need_tokenizer || !tokenizer.empty()) throw;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# On the GPU machine: configures a CUDA-only build (no OpenBLAS / FAISS / SentencePiece there),
+# builds it, runs the CUDA tests against the CPU references, then the decode-attention
+# benchmark (ours) and PyTorch SDPA (the peer), and prints the table last. Full logs and the
+# table go to $OUT (or ./gpu-out). Needs .gpu-deps/include (scripts/gpu-deps.sh, run on a
+# development machine) carried along.
+#   scripts/gpu-check.sh [--quick]      --quick: tests and a short benchmark only
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DMILLION_CPU_ENGINE=OFF -DMILLION_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DMILLION_FMT_INCLUDE_DIR="$PWD/.gpu-deps/include" >"$OUT/configure.log" 2>&1 \
+  || { tail -30 "$OUT/configure.log"; exit 1; }
+cmake --build build-cuda -j "$(nproc)" >"$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
+grep -E "registers|spill|smem" "$OUT/build.log" | grep -v "^$" | sort -u | head -40 >"$OUT/ptxas.txt"
+echo "== ptxas (registers / spills) =="; grep -E "Used|spill" "$OUT/ptxas.txt" | head -24
+echo "== tests =="
+./build-cuda/src/backends/cuda/test_cuda_attention >"$OUT/test.log" 2>&1
+test_rc=$?
+grep -E "^\[  (PASSED|FAILED) |FAILED|Failure|error" "$OUT/test.log" | head -30
+echo "== benchmark =="
+if [ $quick = 1 ]; then
+  ./build-cuda/src/backends/cuda/bench_cuda_attention --reps 10 --batches 1 --contexts 32768,131072 --out "$OUT/bench-cuda.md" >"$OUT/bench.log" 2>&1
+else
+  ./build-cuda/src/backends/cuda/bench_cuda_attention --out "$OUT/bench-cuda.md" >"$OUT/bench.log" 2>&1
+fi
+copy=$(grep -o "read + write): [0-9]*" "$OUT/bench-cuda.md" | grep -o "[0-9]*$")
+if [ $quick = 1 ]; then
+  python3 bench/cuda/sdpa_decode.py "${copy:-1}" --batches 1 --contexts 32768,131072 >"$OUT/sdpa.md" 2>&1
+else
+  python3 bench/cuda/sdpa_decode.py "${copy:-1}" >"$OUT/sdpa.md" 2>&1
+fi
+cat "$OUT/bench-cuda.md"
+grep "^|" "$OUT/sdpa.md"
+exit $test_rc

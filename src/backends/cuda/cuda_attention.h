@@ -1,0 +1,72 @@
+// CUDA decode attention (one query token per sequence) over two device KV-cache formats:
+// dense fp16, and MILLION's PQ codes. Host-side API; kernels in decode_attention.cu.
+// Shapes follow the CPU caches: GQA groups of G = n_heads / n_kv_heads query heads share a kv
+// head, which is read once for the whole group; the sequence is split over thread blocks and
+// the splits are merged with log-sum-exp weights (flash-decoding).
+// Not here: prefill attention, RoPE, rotations (the PQ kernel works in the codebook's space:
+// queries rotated in and outputs rotated back by the caller), encoding into the cache.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace million::cuda {
+
+/// Every sequence of the batch holds n_tokens keys; buffers have room for `capacity`.
+struct DecodeShape {
+  int batch = 1;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;  ///< 64 or 128
+  std::int64_t n_tokens = 0;
+  std::int64_t capacity = 0;
+  int group() const { return n_heads / n_kv_heads; }
+};
+
+/// Dense fp16 cache. k, v: [batch, n_kv_heads, capacity, head_dim] fp16.
+/// q: [batch, n_heads, head_dim] f32; out: same shape, f32.
+struct DenseDecodeArgs {
+  DecodeShape shape;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const float* q = nullptr;
+  float* out = nullptr;
+  float scale = 0.0f;
+};
+
+/// PQ cache. codes_k / codes_v: [batch, n_kv_heads, capacity, M] u8, token-major (a token's
+/// M codes contiguous). Codebooks: [n_kv_heads, M, ksub, dsub] fp16 at cb_*_head_stride
+/// elements per kv head (0 = one codebook shared by every head). dsub = head_dim / M, 2 or 4;
+/// keys and values use the same M here.
+struct PQDecodeArgs {
+  DecodeShape shape;
+  int M = 0;
+  int ksub = 256;
+  const std::uint8_t* codes_k = nullptr;
+  const std::uint8_t* codes_v = nullptr;
+  const void* cb_k = nullptr;
+  const void* cb_v = nullptr;
+  std::int64_t cb_k_head_stride = 0;
+  std::int64_t cb_v_head_stride = 0;
+  const float* q = nullptr;
+  float* out = nullptr;
+  float scale = 0.0f;
+};
+
+/// Sequence splits per (sequence, kv head): enough blocks to fill `sm_count` SMs twice, no
+/// split shorter than 512 tokens. Valid for both kernels (splits <= tiles: dense tiles are 256
+/// tokens, PQ tiles 512).
+int choose_splits(const DecodeShape& s, int sm_count);
+/// Floats of device workspace the kernels need for `splits` (partial results per split).
+std::size_t decode_workspace_floats(const DecodeShape& s, int splits);
+
+/// Throw million::InvalidArgumentError for unsupported shapes; launch on `stream`.
+void dense_decode_attention(const DenseDecodeArgs& a, float* workspace, int splits, cudaStream_t stream);
+void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cudaStream_t stream);
+
+/// Throws million::Error with `what` and the CUDA error string when err != cudaSuccess.
+void check(cudaError_t err, const char* what);
+
+}  // namespace million::cuda

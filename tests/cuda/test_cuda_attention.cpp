@@ -1,0 +1,273 @@
+// CUDA decode attention against the CPU references (built only with -DMILLION_CUDA=ON; run on
+// the GPU machine by scripts/gpu-check.sh).
+//  - dense fp16: dense_attention_ref over the same fp16 K/V (double accumulation).
+//  - PQ: the codes decoded on the host with the same fp16 centroids, then dense_attention_ref:
+//    the invariant "PQ attention equals dense attention over the decoded K/V".
+// Sweep: head_dim 64/128, GQA 1/2/4/8, batch 1-3, contexts 1 .. 4099 (tile edges 255/256/257),
+// splits 1 / automatic / one per tile (tiles: 256 tokens dense, 512 PQ), PQ dsub 2 and 4, ksub 16 and 256, per-head and shared
+// codebooks. Bound: relative max-abs error <= 2e-5 of the output scale (f32 sums in another
+// order, __expf). Outputs start as NaN and sit between guard regions that must stay intact.
+#include <cuda_fp16.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_attention.h"
+#include "core/half.h"
+#include "kernels/dense_attention.h"
+#include "million/error.h"
+
+namespace million::cuda {
+namespace {
+
+constexpr int kGuard = 256;
+constexpr float kPoison = -1.2345678e30f;
+
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(std::size_t n) : n_(n) { check(cudaMalloc(&p_, std::max<std::size_t>(n, 1) * sizeof(T)), "cudaMalloc"); }
+  ~DeviceBuffer() { cudaFree(p_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* get() { return static_cast<T*>(p_); }
+  void upload(const std::vector<T>& v) { check(cudaMemcpy(p_, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "upload"); }
+  std::vector<T> download() const {
+    std::vector<T> v(n_);
+    check(cudaMemcpy(v.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost), "download");
+    return v;
+  }
+
+ private:
+  void* p_ = nullptr;
+  std::size_t n_;
+};
+
+int sm_count() {
+  int dev = 0, n = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "SM count");
+  return n;
+}
+
+// Output buffer [kGuard | n | kGuard] poisoned; returns the device pointer of the n floats.
+struct GuardedOut {
+  explicit GuardedOut(std::size_t count) : n(count), buf(count + 2 * kGuard) {
+    std::vector<float> init(count + 2 * kGuard, kPoison);
+    for (std::size_t i = 0; i < count; ++i) init[kGuard + i] = std::nanf("");
+    buf.upload(init);
+  }
+  float* out() { return buf.get() + kGuard; }
+  std::vector<float> result(bool& guards_ok) const {
+    const auto all = buf.download();
+    guards_ok = true;
+    for (int i = 0; i < kGuard; ++i) {
+      if (std::memcmp(&all[static_cast<std::size_t>(i)], &kPoison, 4) != 0) guards_ok = false;
+      if (std::memcmp(&all[kGuard + n + static_cast<std::size_t>(i)], &kPoison, 4) != 0) guards_ok = false;
+    }
+    return {all.begin() + kGuard, all.begin() + kGuard + static_cast<std::ptrdiff_t>(n)};
+  }
+  std::size_t n;
+  DeviceBuffer<float> buf;
+};
+
+// Reference for batch element b: dense_attention_ref over K/V [n_kv_heads, capacity, D].
+std::vector<float> reference(const DecodeShape& s, const void* k, const void* v, KVDType dtype, const float* q) {
+  std::vector<float> out(static_cast<std::size_t>(s.n_heads) * s.head_dim);
+  DenseAttentionArgs a;
+  a.n_queries = 1;
+  a.pos0 = s.n_tokens - 1;
+  a.n_heads = s.n_heads;
+  a.n_kv_heads = s.n_kv_heads;
+  a.head_dim = s.head_dim;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.kv_head_stride = s.capacity * s.head_dim;
+  a.kv_dtype = dtype;
+  a.out = out.data();
+  dense_attention_ref(a);
+  return out;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  double scale = 1e-3, worst = 0.0;
+  for (float w : want) scale = std::max(scale, static_cast<double>(std::fabs(w)));
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(got[i])) << what << " element " << i << " not written or not finite";
+    worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - want[i]));
+  }
+  EXPECT_LE(worst, 2e-5 * scale) << what;
+}
+
+std::vector<int> split_choices(const DecodeShape& s, int tile) {
+  const int tiles = static_cast<int>((s.n_tokens + tile - 1) / tile);
+  std::vector<int> out{1, choose_splits(s, sm_count()), tiles};
+  return out;
+}
+
+struct Shape {
+  int batch, n_heads, n_kv_heads, head_dim;
+  std::int64_t n_tokens;
+};
+
+std::vector<Shape> shapes() {
+  std::vector<Shape> out;
+  const std::int64_t contexts[] = {1, 7, 255, 256, 257, 1000, 4099};
+  int k = 0;
+  for (int D : {64, 128}) {
+    for (int G : {1, 2, 4, 8}) {
+      for (int rep = 0; rep < 2; ++rep, ++k) {
+        const int n_kv = G == 8 ? 2 : 4;
+        out.push_back({1 + k % 3, G * n_kv, n_kv, D, contexts[(k * 3) % 7]});
+      }
+    }
+  }
+  return out;
+}
+
+TEST(CudaDecodeAttention, DenseF16MatchesReference) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist;
+  for (const Shape& sh : shapes()) {
+    DecodeShape s{sh.batch, sh.n_heads, sh.n_kv_heads, sh.head_dim, sh.n_tokens, sh.n_tokens + 3};
+    const std::size_t kv_n = static_cast<std::size_t>(s.batch) * s.n_kv_heads * s.capacity * s.head_dim;
+    std::vector<std::uint16_t> k(kv_n), v(kv_n);
+    for (auto& x : k) x = f32_to_f16(dist(rng));
+    for (auto& x : v) x = f32_to_f16(dist(rng));
+    std::vector<float> q(static_cast<std::size_t>(s.batch) * s.n_heads * s.head_dim);
+    for (auto& x : q) x = dist(rng);
+    DeviceBuffer<std::uint16_t> dk(kv_n), dv(kv_n);
+    DeviceBuffer<float> dq(q.size());
+    dk.upload(k);
+    dv.upload(v);
+    dq.upload(q);
+    for (int splits : split_choices(s, 256)) {
+      const std::string what = "dense B=" + std::to_string(s.batch) + " H=" + std::to_string(s.n_heads) + "/" +
+                               std::to_string(s.n_kv_heads) + " D=" + std::to_string(s.head_dim) +
+                               " T=" + std::to_string(s.n_tokens) + " splits=" + std::to_string(splits);
+      DeviceBuffer<float> ws(decode_workspace_floats(s, splits));
+      GuardedOut out(q.size());
+      dense_decode_attention({s, dk.get(), dv.get(), dq.get(), out.out(), 1.0f / std::sqrt(float(s.head_dim))}, ws.get(),
+                             splits, nullptr);
+      check(cudaDeviceSynchronize(), "sync");
+      bool guards = false;
+      const auto got = out.result(guards);
+      EXPECT_TRUE(guards) << what;
+      const std::size_t per_b = static_cast<std::size_t>(s.n_kv_heads) * s.capacity * s.head_dim;
+      for (int b = 0; b < s.batch; ++b) {
+        const auto want = reference(s, k.data() + b * per_b, v.data() + b * per_b, KVDType::kF16,
+                                    q.data() + static_cast<std::size_t>(b) * s.n_heads * s.head_dim);
+        const auto first = got.begin() + static_cast<std::ptrdiff_t>(b) * s.n_heads * s.head_dim;
+        expect_close(std::vector<float>(first, first + static_cast<std::ptrdiff_t>(want.size())), want,
+                     what + " b=" + std::to_string(b));
+      }
+    }
+  }
+}
+
+TEST(CudaDecodeAttention, PQEqualsDenseAttentionOverDecodedKV) {
+  std::mt19937 rng(2);
+  std::normal_distribution<float> dist;
+  int k_case = 0;
+  for (const Shape& sh : shapes()) {
+    for (int dsub : {2, 4}) {
+      ++k_case;
+      const int D = sh.head_dim, M = D / dsub;
+      const int ksub = k_case % 3 == 0 ? 16 : 256;
+      const bool shared = k_case % 4 == 1;
+      DecodeShape s{sh.batch, sh.n_heads, sh.n_kv_heads, D, sh.n_tokens, sh.n_tokens + 5};
+      const std::size_t cb_elems = static_cast<std::size_t>(M) * ksub * dsub;
+      const int n_books = shared ? 1 : s.n_kv_heads;
+      std::vector<std::uint16_t> cbk(cb_elems * n_books), cbv(cbk.size());
+      for (auto& x : cbk) x = f32_to_f16(dist(rng));
+      for (auto& x : cbv) x = f32_to_f16(dist(rng));
+      const std::size_t code_n = static_cast<std::size_t>(s.batch) * s.n_kv_heads * s.capacity * M;
+      std::vector<std::uint8_t> ck(code_n), cv(code_n);
+      for (auto& c : ck) c = static_cast<std::uint8_t>(rng() % static_cast<unsigned>(ksub));
+      for (auto& c : cv) c = static_cast<std::uint8_t>(rng() % static_cast<unsigned>(ksub));
+      std::vector<float> q(static_cast<std::size_t>(s.batch) * s.n_heads * D);
+      for (auto& x : q) x = dist(rng);
+      // Decoded K/V on the host: [batch, n_kv_heads, capacity, D] f32.
+      std::vector<float> kd(code_n * dsub), vd(kd.size());
+      for (std::size_t row = 0; row < code_n / M; ++row) {
+        const std::size_t h = (row / static_cast<std::size_t>(s.capacity)) % static_cast<std::size_t>(s.n_kv_heads);
+        const std::size_t book = shared ? 0 : h;
+        for (int m = 0; m < M; ++m) {
+          for (int e = 0; e < dsub; ++e) {
+            const std::size_t ik = book * cb_elems + (static_cast<std::size_t>(m) * ksub + ck[row * M + m]) * dsub + e;
+            const std::size_t iv = book * cb_elems + (static_cast<std::size_t>(m) * ksub + cv[row * M + m]) * dsub + e;
+            kd[row * D + m * dsub + e] = f16_to_f32(cbk[ik]);
+            vd[row * D + m * dsub + e] = f16_to_f32(cbv[iv]);
+          }
+        }
+      }
+      DeviceBuffer<std::uint8_t> dck(code_n), dcv(code_n);
+      DeviceBuffer<std::uint16_t> dbk(cbk.size()), dbv(cbv.size());
+      DeviceBuffer<float> dq(q.size());
+      dck.upload(ck);
+      dcv.upload(cv);
+      dbk.upload(cbk);
+      dbv.upload(cbv);
+      dq.upload(q);
+      for (int splits : split_choices(s, 512)) {
+        const std::string what = "pq B=" + std::to_string(s.batch) + " H=" + std::to_string(s.n_heads) + "/" +
+                                 std::to_string(s.n_kv_heads) + " D=" + std::to_string(D) + " M=" + std::to_string(M) +
+                                 " ksub=" + std::to_string(ksub) + (shared ? " shared" : " per-head") +
+                                 " T=" + std::to_string(s.n_tokens) + " splits=" + std::to_string(splits);
+        DeviceBuffer<float> ws(decode_workspace_floats(s, splits));
+        GuardedOut out(q.size());
+        PQDecodeArgs a;
+        a.shape = s;
+        a.M = M;
+        a.ksub = ksub;
+        a.codes_k = dck.get();
+        a.codes_v = dcv.get();
+        a.cb_k = dbk.get();
+        a.cb_v = dbv.get();
+        a.cb_k_head_stride = a.cb_v_head_stride = shared ? 0 : static_cast<std::int64_t>(cb_elems);
+        a.q = dq.get();
+        a.out = out.out();
+        a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+        pq_decode_attention(a, ws.get(), splits, nullptr);
+        check(cudaDeviceSynchronize(), "sync");
+        bool guards = false;
+        const auto got = out.result(guards);
+        EXPECT_TRUE(guards) << what;
+        const std::size_t per_b = static_cast<std::size_t>(s.n_kv_heads) * s.capacity * D;
+        for (int b = 0; b < s.batch; ++b) {
+          const auto want = reference(s, kd.data() + b * per_b, vd.data() + b * per_b, KVDType::kF32,
+                                      q.data() + static_cast<std::size_t>(b) * s.n_heads * D);
+          const auto first = got.begin() + static_cast<std::ptrdiff_t>(b) * s.n_heads * D;
+          expect_close(std::vector<float>(first, first + static_cast<std::ptrdiff_t>(want.size())), want,
+                       what + " b=" + std::to_string(b));
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaDecodeAttention, RejectsUnsupportedShapes) {
+  DecodeShape s{1, 12, 4, 128, 100, 100};  // GQA group of 3
+  EXPECT_THROW(dense_decode_attention({s, nullptr, nullptr, nullptr, nullptr, 1.0f}, nullptr, 1, nullptr),
+               InvalidArgumentError);
+  s = {1, 8, 8, 96, 100, 100};  // head_dim 96
+  EXPECT_THROW(dense_decode_attention({s, nullptr, nullptr, nullptr, nullptr, 1.0f}, nullptr, 1, nullptr),
+               InvalidArgumentError);
+  s = {1, 8, 8, 128, 300, 300};
+  EXPECT_THROW(dense_decode_attention({s, nullptr, nullptr, nullptr, nullptr, 1.0f}, nullptr, 3, nullptr),
+               InvalidArgumentError);  // more splits than tiles
+  PQDecodeArgs a;
+  a.shape = s;
+  a.M = 128;  // dsub 1
+  EXPECT_THROW(pq_decode_attention(a, nullptr, 1, nullptr), InvalidArgumentError);
+}
+
+}  // namespace
+}  // namespace million::cuda
