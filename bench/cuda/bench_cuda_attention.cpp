@@ -170,9 +170,13 @@ int main(int argc, char** argv) {
         a.q = static_cast<const float*>(q.p);
         a.out = static_cast<float*>(out.p);
         a.scale = 1.0f / std::sqrt(128.0f);
-        row(M == 64 ? "pq 4-bit (M=64)" : "pq 2-bit (M=32)",
-            median_us([&] { pq_decode_attention(a, static_cast<float*>(ws.p), splits, nullptr); }, reps),
-            2.0 * static_cast<double>(code_bytes));
+        for (bool tc : {true, false}) {
+          a.tensor_cores = tc;
+          const std::string name = std::string(M == 64 ? "pq 4-bit (M=64)" : "pq 2-bit (M=32)") +
+                                   (tc ? ", tensor cores" : ", CUDA cores");
+          row(name, median_us([&] { pq_decode_attention(a, static_cast<float*>(ws.p), splits, nullptr); }, reps),
+              2.0 * static_cast<double>(code_bytes));
+        }
       }
     }
   }

@@ -53,6 +53,9 @@ struct PQDecodeArgs {
   const float* q = nullptr;
   float* out = nullptr;
   float scale = 0.0f;
+  /// Tensor-core kernel (pq_decode_tc.cu: fp16 Q and P, ~4e-4 relative; experimental, measured
+  /// 2-2.5x slower than the CUDA-core one on an H200) or the CUDA-core kernel (f32, ~1e-6).
+  bool tensor_cores = false;
 };
 
 /// Sequence splits per (sequence, kv head): enough blocks to fill `sm_count` SMs twice, no

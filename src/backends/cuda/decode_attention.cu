@@ -1,15 +1,17 @@
-// CUDA decode attention kernels (see cuda_attention.h): dense fp16 and PQ, one thread block per
-// (sequence split, kv head, sequence), 256 threads, tiles of 256 tokens with an online softmax,
-// then a merge kernel over the splits.
+// CUDA decode attention kernels (see cuda_attention.h): dense fp16 and PQ on CUDA cores (the
+// PQ tensor-core variant is pq_decode_tc.cu), one thread block per (sequence split, kv head,
+// sequence) — dense 256 threads and 256-token tiles, PQ 512 and 512 — with an online softmax
+// over the tiles, then a merge kernel over the splits.
 //  - key phase: one thread per token of the tile computes the scores of the group's G query
 //    heads (queries broadcast from shared memory): dense rows read as 16-byte fp16 chunks; PQ
 //    codes read as 16-byte chunks and each subspace's centroid looked up in the key codebook,
-//    held in shared memory as fp16 (dsub = 2: one half2 per lookup).
+//    held in shared memory as fp16 [M][ksub][dsub] (dsub = 2: one half2 per lookup).
 //  - softmax: block-wide max per head through warp shuffles, p = exp(s - max) into shared
 //    memory, running sums and accumulators rescaled by exp(old max - new max).
 //  - value phase: dense: one thread per (8-dim chunk, token group), 16-byte fp16 loads; PQ: one
 //    thread per (subspace, token group), the tile's value codes staged in shared memory, the
-//    centroid looked up in the value codebook and weighted by the G heads' probabilities.
+//    centroid looked up in the value codebook (transposed to [ksub][M][dsub]: the 32 subspaces
+//    of a warp fall in distinct banks) and weighted by the G heads' probabilities.
 //  - the block's accumulators are reduced over token groups in shared memory and written as a
 //    partial (acc[head_dim], max, sum) per (sequence, head, split); merge_kernel combines them.
 // Accumulation is f32 throughout; exp is __expf.
@@ -21,6 +23,7 @@
 #include <type_traits>
 
 #include "backends/cuda/cuda_attention.h"
+#include "backends/cuda/decode_common.cuh"
 #include "million/error.h"
 
 namespace million::cuda {
@@ -34,23 +37,16 @@ void check(cudaError_t err, const char* what) {
 
 namespace {
 
+using namespace detail;
+
 constexpr int kThreads = 256;    // dense kernel
 constexpr int kTile = 256;       // dense kernel: tokens per tile, one per thread in the key phase
 constexpr int kWarps = kThreads / 32;
 constexpr int kPQThreads = 512;  // PQ kernel: its codebooks (128 KiB at head_dim 128) allow one block per SM
 constexpr int kSplitTile = 512;  // choose_splits: splits of whole tiles of either kernel
 
-__device__ inline float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 // Folds this thread's scores s[j] (-inf for no token) into the running max m_run[j] (the same
 // in every thread), writes p = exp(s - max) to sP[j][t], returns the rescale factors alpha[j].
-__device__ inline float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Folds this thread's scores s[j] (-inf for no token) into the running max m_run[j] and sum
 // l_run[j] (the same in every thread), writes p = exp(s - max) to sP[t][G] and returns the
@@ -88,13 +84,6 @@ __device__ inline void tile_softmax(const float (&s)[G], float (&m_run)[G], floa
   }
 }
 
-// Tiles [tile_lo, tile_hi) of this split.
-__device__ inline void split_tiles(std::int64_t n_tokens, int tile, int splits, std::int64_t& lo, std::int64_t& hi) {
-  const std::int64_t tiles = (n_tokens + tile - 1) / tile;
-  lo = tiles * blockIdx.x / splits;
-  hi = tiles * (blockIdx.x + 1) / splits;
-}
-
 // Reduces acc[G][W] (W values at dims c0 .. c0 + W of this thread) over the `groups` token
 // groups through sAcc [groups][G][D], and writes the partial of this (sequence, kv head, split).
 template <int D, int G, int W, int THREADS>
@@ -121,36 +110,6 @@ __device__ inline void write_partial(const float (&acc)[G][W], const float (&l_r
     }
     const std::int64_t head = static_cast<std::int64_t>(b) * n_heads + static_cast<std::int64_t>(h) * G + j;
     ws[(head * splits + blockIdx.x) * (D + 2) + c] = v;
-  }
-}
-
-struct PQParams {
-  const std::uint8_t* codes_k;
-  const std::uint8_t* codes_v;
-  const __half* cb_k;
-  const __half* cb_v;
-  std::int64_t cb_k_stride, cb_v_stride;
-  const float* q;
-  float* ws;
-  std::int64_t n_tokens, capacity;
-  int n_heads, n_kv_heads, ksub, splits;
-  float scale;
-};
-
-template <int DSUB>
-__device__ inline void load_centroid(const __half* cen, float (&c)[DSUB]) {
-  if constexpr (DSUB == 2) {
-    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(cen));
-    c[0] = f.x;
-    c[1] = f.y;
-  } else {
-    const uint2 raw = *reinterpret_cast<const uint2*>(cen);
-    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
-    c[0] = a.x;
-    c[1] = a.y;
-    c[2] = b.x;
-    c[3] = b.y;
   }
 }
 
@@ -483,6 +442,11 @@ void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cu
              a.cb_k_head_stride, a.cb_v_head_stride, a.q, workspace, a.shape.n_tokens, a.shape.capacity,
              a.shape.n_heads, a.shape.n_kv_heads, a.ksub, splits, a.scale};
   const int D = a.shape.head_dim;
+  if (a.tensor_cores) {
+    launch_pq_tc(p, D, dsub, a.shape.group(), a.shape.batch, a.shape.n_kv_heads, stream);
+    merge(a.shape, workspace, splits, a.out, stream);
+    return;
+  }
   if (D == 128 && dsub == 2) run_pq_g<128, 2>(p, a.shape, stream);
   if (D == 128 && dsub == 4) run_pq_g<128, 4>(p, a.shape, stream);
   if (D == 64 && dsub == 2) run_pq_g<64, 2>(p, a.shape, stream);

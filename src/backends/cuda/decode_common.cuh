@@ -1,0 +1,65 @@
+// Device helpers shared by the CUDA decode-attention kernels (decode_attention.cu,
+// pq_decode_tc.cu): warp reductions, the split of a sequence into tiles, the PQ kernels'
+// parameters and centroid loads. Internal to src/backends/cuda.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "backends/cuda/cuda_attention.h"
+
+namespace million::cuda::detail {
+
+__device__ inline float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Tiles [tile_lo, tile_hi) of this split.
+__device__ inline void split_tiles(std::int64_t n_tokens, int tile, int splits, std::int64_t& lo, std::int64_t& hi) {
+  const std::int64_t tiles = (n_tokens + tile - 1) / tile;
+  lo = tiles * blockIdx.x / splits;
+  hi = tiles * (blockIdx.x + 1) / splits;
+}
+
+struct PQParams {
+  const std::uint8_t* codes_k;
+  const std::uint8_t* codes_v;
+  const __half* cb_k;
+  const __half* cb_v;
+  std::int64_t cb_k_stride, cb_v_stride;
+  const float* q;
+  float* ws;
+  std::int64_t n_tokens, capacity;
+  int n_heads, n_kv_heads, ksub, splits;
+  float scale;
+};
+
+template <int DSUB>
+__device__ inline void load_centroid(const __half* cen, float (&c)[DSUB]) {
+  if constexpr (DSUB == 2) {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(cen));
+    c[0] = f.x;
+    c[1] = f.y;
+  } else {
+    const uint2 raw = *reinterpret_cast<const uint2*>(cen);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    c[0] = a.x;
+    c[1] = a.y;
+    c[2] = b.x;
+    c[3] = b.y;
+  }
+}
+
+void launch_pq_tc(const PQParams& p, int head_dim, int dsub, int group, int batch, int n_kv_heads,
+                  cudaStream_t stream);
+
+}  // namespace million::cuda::detail
