@@ -4,7 +4,7 @@
 //  - PQ: the codes decoded on the host with the same fp16 centroids, then dense_attention_ref:
 //    the invariant "PQ attention equals dense attention over the decoded K/V".
 // Sweep: head_dim 64/128, GQA 1/2/4/8, batch 1-3, contexts 1 .. 4099 (tile edges 255/256/257),
-// splits 1 / automatic / one per tile (tiles: 256 tokens dense, 512 PQ), PQ dsub 2 and 4, ksub 16 and 256, per-head and shared
+// splits 1 / automatic / one per tile (tiles: 256 tokens dense, 512 PQ), PQ dsub 2 and 4, ksub 16, 64, 256, per-head and shared
 // codebooks. Bound: relative max-abs error <= 2e-5 of the output scale (f32 sums in another
 // order, __expf) for the CUDA-core kernels, 4e-3 for the PQ tensor-core kernel (fp16 Q and
 // probabilities). Outputs start as NaN and sit between guard regions that must stay intact.
@@ -192,7 +192,7 @@ TEST(CudaDecodeAttention, PQEqualsDenseAttentionOverDecodedKV) {
     for (int dsub : {2, 4}) {
       ++k_case;
       const int D = sh.head_dim, M = D / dsub;
-      const int ksub = k_case % 3 == 0 ? 16 : 256;
+      const int ksub = k_case % 3 == 0 ? 16 : k_case % 5 == 0 ? 64 : 256;  // 64: the runtime-ksub kernels
       const bool shared = k_case % 4 == 1;
       DecodeShape s{sh.batch, sh.n_heads, sh.n_kv_heads, D, sh.n_tokens, sh.n_tokens + 5};
       const std::size_t cb_elems = static_cast<std::size_t>(M) * ksub * dsub;

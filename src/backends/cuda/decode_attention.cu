@@ -113,7 +113,8 @@ __device__ inline void write_partial(const float (&acc)[G][W], const float (&l_r
   }
 }
 
-template <int D, int DSUB, int G>
+// KSUB: the codebook size when known at compile time (256, 16), 0 = read from p.ksub.
+template <int D, int DSUB, int G, int KSUB>
 __global__ void __launch_bounds__(kPQThreads, 1) pq_decode_kernel(PQParams p) {
   constexpr int M = D / DSUB;
   constexpr int T = kPQThreads;  // also the tile: one token per thread in the key phase
@@ -126,7 +127,7 @@ __global__ void __launch_bounds__(kPQThreads, 1) pq_decode_kernel(PQParams p) {
   float* sRed = sP + T * G;                    // [2][T / 32][G]
   __half* cbK = reinterpret_cast<__half*>(sRed + 2 * (T / 32) * G);  // [M][ksub][DSUB]
   float* sAcc = reinterpret_cast<float*>(cbK);  // [kGroups][G][D], reuses the codebooks' space at the end
-  const int ksub = p.ksub;
+  const int ksub = KSUB > 0 ? KSUB : p.ksub;
   const int cb_elems = M * ksub * DSUB;
   __half* cbV = cbK + cb_elems;  // [ksub][M][DSUB]: a warp's subspaces of one token in distinct banks
   std::uint8_t* sCodes = reinterpret_cast<std::uint8_t*>(cbV + cb_elems);  // [T][M]
@@ -369,23 +370,30 @@ void merge(const DecodeShape& s, const float* ws, int splits, float* out, cudaSt
   check(cudaGetLastError(), "decode attention merge launch");
 }
 
-template <int D, int DSUB, int G>
+template <int D, int DSUB, int G, int KSUB>
 void run_pq(const PQParams& params, const DecodeShape& s, cudaStream_t stream) {
   constexpr int M = D / DSUB, T = kPQThreads;
   const std::size_t tables = 2u * M * params.ksub * DSUB * sizeof(__half) + static_cast<std::size_t>(T) * M;
   const std::size_t smem = sizeof(float) * (D * G + T * G + 2 * (T / 32) * G) +
                            std::max(tables, sizeof(float) * (T / M) * G * D);
-  launch(pq_decode_kernel<D, DSUB, G>, params, T, smem, s, params.splits, stream);
+  launch(pq_decode_kernel<D, DSUB, G, KSUB>, params, T, smem, s, params.splits, stream);
+}
+
+template <int D, int DSUB, int KSUB>
+void run_pq_k(const PQParams& params, const DecodeShape& s, cudaStream_t stream) {
+  switch (s.group()) {
+    case 1: return run_pq<D, DSUB, 1, KSUB>(params, s, stream);
+    case 2: return run_pq<D, DSUB, 2, KSUB>(params, s, stream);
+    case 4: return run_pq<D, DSUB, 4, KSUB>(params, s, stream);
+    default: return run_pq<D, DSUB, 8, KSUB>(params, s, stream);
+  }
 }
 
 template <int D, int DSUB>
 void run_pq_g(const PQParams& params, const DecodeShape& s, cudaStream_t stream) {
-  switch (s.group()) {
-    case 1: return run_pq<D, DSUB, 1>(params, s, stream);
-    case 2: return run_pq<D, DSUB, 2>(params, s, stream);
-    case 4: return run_pq<D, DSUB, 4>(params, s, stream);
-    default: return run_pq<D, DSUB, 8>(params, s, stream);
-  }
+  if (params.ksub == 256) return run_pq_k<D, DSUB, 256>(params, s, stream);
+  if (params.ksub == 16) return run_pq_k<D, DSUB, 16>(params, s, stream);
+  run_pq_k<D, DSUB, 0>(params, s, stream);
 }
 
 template <int D, int G>
