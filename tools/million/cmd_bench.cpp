@@ -129,7 +129,7 @@ void run_bench(const BenchArgs& a, int verbosity) {
 void register_bench(CLI::App& app, int& verbosity) {
   auto args = std::make_shared<BenchArgs>();
   CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode tokens/s at several context depths.");
-  cmd->add_option("-m,--model", args->model, "Model directory or llama2.c .bin")->capture_default_str();
+  cmd->add_option("-m,--model", args->model, "Model: Hugging Face directory, .gguf file or llama2.c .bin")->capture_default_str();
   cmd->add_option("-d,--depth", args->depths, "Context depths (tokens in the cache when decode is timed)")
       ->delimiter(',')->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "Thread counts to measure")->delimiter(',')->capture_default_str();

@@ -132,7 +132,7 @@ void register_calibrate(CLI::App& app, int& verbosity) {
   auto args = std::make_shared<CalibrateArgs>();
   CLI::App* cmd = app.add_subcommand(
       "calibrate", "Learn PQ codebooks for a model's keys and values from calibration text (writes a codebook file).");
-  cmd->add_option("-m,--model", args->model, "Model directory or llama2.c .bin")->required();
+  cmd->add_option("-m,--model", args->model, "Model: Hugging Face directory, .gguf file or llama2.c .bin")->required();
   cmd->add_option("--tokenizer", args->tokenizer, "Tokenizer file (default: found beside the model)");
   cmd->add_option("--text", args->texts, "Calibration text files, or directories of .txt files (never evaluation text)")
       ->required();

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <iterator>
 #include <sstream>
 
@@ -12,6 +13,7 @@
 #include "core/memory.h"
 #include "million/error.h"
 #include "million/log.h"
+#include "model/chat_template.h"
 #include "model/generate.h"
 #include "pq/calibrate.h"
 
@@ -39,6 +41,8 @@ struct GenerateArgs {
   int chunk = 512;
   bool truncate = false;
   bool quiet = false;
+  bool chat = false;
+  std::string system;
 };
 
 std::string read_prompt(const GenerateArgs& a) {
@@ -61,7 +65,26 @@ void run_generate(const GenerateArgs& a, int verbosity) {
   const ModelConfig& cfg = model.config();
   const Tokenizer& tok = *lm.tokenizer;
 
-  std::vector<int> prompt = tok.encode(read_prompt(a), /*add_bos=*/true);
+  // --chat: wrap the prompt in the model's chat template; its end-of-turn token also stops.
+  std::string text = read_prompt(a);
+  std::vector<int> chat_stop;
+  if (a.chat) {
+    const std::string source = find_chat_template_source(a.model);
+    if (source.empty()) {
+      throw InvalidArgumentError(fmt::format("--chat: '{}' has no chat template (GGUF tokenizer.chat_template or "
+                                             "tokenizer_config.json chat_template)", a.model));
+    }
+    const std::optional<ChatTemplate> t = parse_chat_template(source);
+    if (!t) {
+      throw UnsupportedError("--chat: the model's chat template is not one million knows (ChatML, Llama 3); "
+                             "format the prompt yourself and drop --chat");
+    }
+    text = render_chat(*t, text, a.system);
+    if (const std::vector<int> end = tok.encode(t->end_of_turn, false); end.size() == 1) chat_stop = end;
+  } else if (!a.system.empty()) {
+    throw InvalidArgumentError("--system needs --chat");
+  }
+  std::vector<int> prompt = tok.encode(text, /*add_bos=*/true);
   if (a.ctx < 0) throw InvalidArgumentError("--ctx must be positive");
   if (a.ctx > cfg.max_ctx) {
     throw ContextLimitError(fmt::format("--ctx {} is larger than the model's maximum context of {} tokens", a.ctx,
@@ -100,6 +123,7 @@ void run_generate(const GenerateArgs& a, int verbosity) {
   opt.sampler.seed = a.seed;
   opt.prefill_chunk = a.chunk;
   opt.stop_ids = cfg.eos_ids;
+  opt.stop_ids.insert(opt.stop_ids.end(), chat_stop.begin(), chat_stop.end());
 
   // Echo the prompt, then stream the continuation.
   // (A tokenizer that adds no BOS, e.g. a GGUF with add_bos_token false, has its first token echoed too.)
@@ -107,7 +131,7 @@ void run_generate(const GenerateArgs& a, int verbosity) {
   TextStreamer streamer(tok, std::vector<int>(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(skip)));
   std::string echoed;
   for (std::size_t i = skip; i < prompt.size(); ++i) echoed += streamer.push(prompt[i]);
-  std::fputs(echoed.c_str(), stdout);
+  if (!a.chat) std::fputs(echoed.c_str(), stdout);  // a chat prompt is not echoed: only the reply is printed
   std::fflush(stdout);
   GenerateStats st = generate(model, *cache, prompt, opt, [&](int id) {
     std::string piece = streamer.push(id);
@@ -133,7 +157,7 @@ void register_generate(CLI::App& app, int& verbosity) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (streams to stdout; stats to stderr).");
   cmd->add_option("-m,--model", args->model,
-                  "Model: a Hugging Face directory (config.json + safetensors) or a llama2.c .bin checkpoint")
+                  "Model: a Hugging Face directory (config.json + safetensors), a .gguf file or a llama2.c .bin checkpoint")
       ->capture_default_str();
   cmd->add_option("--tokenizer", args->tokenizer,
                   "Tokenizer file (default: tokenizer.model or tokenizer.json in the model directory, or "
@@ -158,6 +182,9 @@ void register_generate(CLI::App& app, int& verbosity) {
       ->capture_default_str();
   cmd->add_option("--simd", args->simd, "Force a SIMD level: scalar, avx2, avx512 (default: best supported; env MILLION_SIMD)");
   cmd->add_option("--chunk", args->chunk, "Prompt tokens per forward pass during prefill")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_flag("--chat", args->chat,
+                "Instruct models: wrap the prompt in the model's chat template (ChatML, Llama 3) and print only the reply");
+  cmd->add_option("--system", args->system, "System message for --chat (default: the template's own, if any)");
   cmd->add_flag("-q,--quiet", args->quiet, "Only warnings and errors on stderr");
   cmd->add_flag("-v,--verbose", [&verbosity](std::int64_t n) { verbosity = 1 + static_cast<int>(n); }, "More logging (repeat for debug)");
   cmd->callback([args, &verbosity]() { run_generate(*args, verbosity); });
