@@ -117,7 +117,14 @@ CodebookSet calibrate(Model& model, const ModelFingerprint& fingerprint, const s
   std::shuffle(windows.begin(), windows.end(), rng);
   std::int64_t planned = 0;
   std::size_t n_windows = 0;
-  while (n_windows < windows.size() && planned < want_tokens) planned += static_cast<std::int64_t>(windows[n_windows++].length);
+  while (n_windows < windows.size() && planned < want_tokens) {
+    // The last window is cut so that exactly the wanted tokens run (--max-tokens is a budget).
+    Window& w = windows[n_windows];
+    w.length = static_cast<std::size_t>(std::min<std::int64_t>(static_cast<std::int64_t>(w.length), want_tokens - planned));
+    if (w.length < 16 && n_windows > 0) break;
+    planned += static_cast<std::int64_t>(w.length);
+    ++n_windows;
+  }
   if (planned < want_tokens) {
     log_warn("the calibration text has {} tokens, fewer than the {} wanted for {} training vectors per codebook",
              available, want_tokens, samples);
