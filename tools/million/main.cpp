@@ -10,6 +10,7 @@ namespace million::cli {
 void register_generate(CLI::App& app, int& verbosity);
 void register_bench(CLI::App& app, int& verbosity);
 void register_calibrate(CLI::App& app, int& verbosity);
+void register_perplexity(CLI::App& app, int& verbosity);
 }  // namespace million::cli
 
 int main(int argc, char** argv) {
@@ -22,6 +23,7 @@ int main(int argc, char** argv) {
   million::cli::register_generate(app, verbosity);
   million::cli::register_bench(app, verbosity);
   million::cli::register_calibrate(app, verbosity);
+  million::cli::register_perplexity(app, verbosity);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
