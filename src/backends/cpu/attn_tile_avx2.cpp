@@ -7,27 +7,19 @@
 #include <algorithm>
 
 #include "backends/cpu/attn_tile_kernels.h"
+#include "backends/cpu/avx2_util.h"
 
 namespace million {
 namespace {
+
+using avx2::hmax;
+using avx2::hsum;
 
 inline __m256 load_row(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load_row(const std::uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-inline float hmax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // Cephes-style exp as in attn_exp_avx512.h, 2^n built in the exponent field.
 inline __m256 exp_avx2(__m256 x) {

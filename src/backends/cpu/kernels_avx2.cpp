@@ -2,18 +2,15 @@
 // Compiled with -mavx2 -mfma -mf16c only; reached only through cpu_kernels(kAvx2).
 #include <immintrin.h>
 
+#include "backends/cpu/avx2_util.h"
 #include "backends/cpu/cpu_kernels.h"
 #include "core/half.h"
 
 namespace million {
 namespace {
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using avx2::hsum;
+
 inline __m256 load_f16(const std::uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }

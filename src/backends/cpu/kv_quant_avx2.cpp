@@ -4,10 +4,13 @@
 // Compiled with AVX2 flags only; reached only through kv_quant_kernels(kAvx2).
 #include <immintrin.h>
 
+#include "backends/cpu/avx2_util.h"
 #include "backends/cpu/kv_quant_kernels.h"
 
 namespace million {
 namespace {
+
+using avx2::hsum;
 
 // Query rows scored per pass over a token's blocks: kTile accumulators + 4 block vectors + one
 // load fit in the 16 ymm registers; G = 1, 4 or 8 (usual GQA groups) take one pass.
@@ -39,12 +42,6 @@ inline void load_block(const BlockQ4_0& b, __m256 (&k)[4]) {
   k[1] = widen8(_mm_srli_si128(lo, 8), d);
   k[2] = widen8(hi, d);
   k[3] = widen8(_mm_srli_si128(hi, 8), d);
-}
-
-inline float hsum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
 // NJ query rows (q: [NJ, head_dim]) against n tokens; s: [NJ, ld].

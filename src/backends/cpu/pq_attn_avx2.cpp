@@ -8,10 +8,13 @@
 
 #include <algorithm>
 
+#include "backends/cpu/avx2_util.h"
 #include "backends/cpu/pq_attn_kernels.h"
 
 namespace million {
 namespace {
+
+using avx2::hsum;
 
 constexpr int kLanes = 8;
 constexpr int kGroups = kPQBlockTokens / kLanes;
@@ -20,13 +23,6 @@ inline __m256i lane_indices(const std::uint8_t* codes, std::int64_t b, int M, in
   const __m256i idx = _mm256_cvtepu8_epi32(
       _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + (b * M + m) * kPQBlockTokens + grp * kLanes)));
   return dsub == 1 ? idx : _mm256_mullo_epi32(idx, _mm256_set1_epi32(dsub));
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 template <int NJ>

@@ -46,8 +46,17 @@ void accumulate_scalar(const PQKernelCodebook& cb, const std::uint8_t* codes, st
 }
 
 bool cpu_has_vbmi() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512vbmi");
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") != 0;
+  }();
+  return has;
+}
+
+void check_level(SimdLevel level) {
+  if (!simd_level_supported(level)) {
+    throw InvalidArgumentError(fmt::format("SIMD level '{}' is not supported by this CPU", simd_level_name(level)));
+  }
 }
 
 }  // namespace
@@ -57,22 +66,19 @@ const PQAttnKernels kPQAttnScalar = {"scalar", scores_scalar, accumulate_scalar}
 }
 
 std::vector<const PQAttnKernels*> pq_attn_kernel_variants(SimdLevel level) {
-  if (!simd_level_supported(level)) {
-    throw InvalidArgumentError(fmt::format("SIMD level '{}' is not supported by this CPU", simd_level_name(level)));
-  }
-  switch (level) {
-    case SimdLevel::kAvx2: return {&detail::kPQAttnAvx2};
-    case SimdLevel::kAvx512:
-      if (cpu_has_vbmi()) return {&detail::kPQAttnAvx512Vbmi, &detail::kPQAttnAvx512};
-      return {&detail::kPQAttnAvx512};
-    default: return {&detail::kPQAttnScalar};
-  }
+  check_level(level);
+  if (level == SimdLevel::kAvx512 && cpu_has_vbmi()) return {&detail::kPQAttnAvx512Vbmi, &detail::kPQAttnAvx512};
+  return {&pq_attn_kernels(level)};
 }
 
+// Called per tile by the stores: no allocation, the VBMI check is cached.
 const PQAttnKernels& pq_attn_kernels(SimdLevel level) {
-  static const bool vbmi = cpu_has_vbmi();
-  if (level == SimdLevel::kAvx512 && vbmi && simd_level_supported(level)) return detail::kPQAttnAvx512Vbmi;
-  return *pq_attn_kernel_variants(level).front();
+  check_level(level);
+  switch (level) {
+    case SimdLevel::kAvx2: return detail::kPQAttnAvx2;
+    case SimdLevel::kAvx512: return cpu_has_vbmi() ? detail::kPQAttnAvx512Vbmi : detail::kPQAttnAvx512;
+    default: return detail::kPQAttnScalar;
+  }
 }
 
 }  // namespace million
