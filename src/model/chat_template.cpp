@@ -4,8 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
-#include <fstream>
 
+#include "core/mapped_file.h"
 #include "million/error.h"
 #include "model/gguf.h"
 
@@ -63,10 +63,9 @@ std::string find_chat_template_source(const std::string& model_path) {
   }
   const fs::path cfg = fs::path(model_path) / "tokenizer_config.json";
   if (!fs::is_directory(model_path, ec) || !fs::exists(cfg, ec)) return {};
-  std::ifstream in(cfg);
   nlohmann::json j;
   try {
-    in >> j;
+    j = nlohmann::json::parse(read_text_file(cfg.string(), "tokenizer config"));
   } catch (const nlohmann::json::exception& e) {
     throw FormatError("'" + cfg.string() + "' is not valid JSON: " + e.what());
   }
