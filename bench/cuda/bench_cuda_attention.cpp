@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "backends/cuda/cuda_attention.h"
+#include "backends/cuda/device_buffer.h"
 #include "core/half.h"
 
 using namespace million;
@@ -33,11 +34,7 @@ std::vector<long long> parse_list(const std::string& s) {
   return out;
 }
 
-struct Dev {
-  void* p = nullptr;
-  explicit Dev(std::size_t bytes) { check(cudaMalloc(&p, bytes), "cudaMalloc"); }
-  ~Dev() { cudaFree(p); }
-};
+using Bytes = DeviceBuffer<std::uint8_t>;
 
 // Fills `bytes` of device memory by repeating a random host pattern of up to 64 MiB.
 void fill(void* dst, std::size_t bytes, const std::vector<std::uint8_t>& pattern) {
@@ -102,9 +99,9 @@ int main(int argc, char** argv) {
   double copy_gbs = 0;
   {
     const std::size_t n = 2ull << 30;
-    Dev a(n), b(n);
-    fill(a.p, n, halves);
-    const double us = median_us([&] { check(cudaMemcpyAsync(b.p, a.p, n, cudaMemcpyDeviceToDevice), "copy"); }, reps);
+    Bytes a(n), b(n);
+    fill(a.get(), n, halves);
+    const double us = median_us([&] { check(cudaMemcpyAsync(b.get(), a.get(), n, cudaMemcpyDeviceToDevice), "copy"); }, reps);
     copy_gbs = 2.0 * n / (us * 1e3);
   }
   md << "GPU: " << prop.name << ", " << prop.multiProcessorCount << " SMs, " << (prop.totalGlobalMem >> 30)
@@ -117,12 +114,12 @@ int main(int argc, char** argv) {
     for (long long T : contexts) {
       const DecodeShape s{static_cast<int>(B), H, Hkv, D, T, T};
       const int splits = choose_splits(s, prop.multiProcessorCount);
-      Dev q(static_cast<std::size_t>(B) * H * D * 4), out(static_cast<std::size_t>(B) * H * D * 4),
-          ws(decode_workspace_floats(s, splits) * 4);
+      DeviceBuffer<float> q(static_cast<std::size_t>(B) * H * D), out(static_cast<std::size_t>(B) * H * D),
+          ws(decode_workspace_floats(s, splits));
       {
         std::vector<float> hq(static_cast<std::size_t>(B) * H * D);
         for (auto& x : hq) x = dist(rng);
-        check(cudaMemcpy(q.p, hq.data(), hq.size() * 4, cudaMemcpyHostToDevice), "q");
+        q.upload(hq);
       }
       auto row = [&](const std::string& name, double us, double bytes) {
         const double gbs = bytes / (us * 1e3);
@@ -143,38 +140,38 @@ int main(int argc, char** argv) {
         md << line;
         std::fputs(line, stdout);
       } else {
-        Dev k(static_cast<std::size_t>(dense_bytes / 2)), v(static_cast<std::size_t>(dense_bytes / 2));
-        fill(k.p, static_cast<std::size_t>(dense_bytes / 2), halves);
-        fill(v.p, static_cast<std::size_t>(dense_bytes / 2), halves);
-        DenseDecodeArgs a{s, k.p, v.p, static_cast<float*>(q.p), static_cast<float*>(out.p), 1.0f / std::sqrt(128.0f)};
-        row("fp16 (ours)", median_us([&] { dense_decode_attention(a, static_cast<float*>(ws.p), splits, nullptr); }, reps),
+        Bytes k(static_cast<std::size_t>(dense_bytes / 2)), v(static_cast<std::size_t>(dense_bytes / 2));
+        fill(k.get(), k.bytes(), halves);
+        fill(v.get(), v.bytes(), halves);
+        DenseDecodeArgs a{s, k.get(), v.get(), q.get(), out.get(), 1.0f / std::sqrt(128.0f)};
+        row("fp16 (ours)", median_us([&] { dense_decode_attention(a, ws.get(), splits, nullptr); }, reps),
             dense_bytes);
       }
       for (int M : {64, 32}) {
         const std::size_t code_bytes = static_cast<std::size_t>(B) * Hkv * T * M;
         const std::size_t cb_elems = static_cast<std::size_t>(M) * 256 * (D / M);
-        Dev ck(code_bytes), cv(code_bytes), bk(cb_elems * Hkv * 2), bv(cb_elems * Hkv * 2);
-        fill(ck.p, code_bytes, codes);
-        fill(cv.p, code_bytes, codes);
-        fill(bk.p, cb_elems * Hkv * 2, halves);
-        fill(bv.p, cb_elems * Hkv * 2, halves);
+        Bytes ck(code_bytes), cv(code_bytes), bk(cb_elems * Hkv * 2), bv(cb_elems * Hkv * 2);
+        fill(ck.get(), ck.bytes(), codes);
+        fill(cv.get(), cv.bytes(), codes);
+        fill(bk.get(), bk.bytes(), halves);
+        fill(bv.get(), bv.bytes(), halves);
         PQDecodeArgs a;
         a.shape = s;
         a.M = M;
         a.ksub = 256;
-        a.codes_k = static_cast<const std::uint8_t*>(ck.p);
-        a.codes_v = static_cast<const std::uint8_t*>(cv.p);
-        a.cb_k = bk.p;
-        a.cb_v = bv.p;
+        a.codes_k = ck.get();
+        a.codes_v = cv.get();
+        a.cb_k = bk.get();
+        a.cb_v = bv.get();
         a.cb_k_head_stride = a.cb_v_head_stride = static_cast<std::int64_t>(cb_elems);
-        a.q = static_cast<const float*>(q.p);
-        a.out = static_cast<float*>(out.p);
+        a.q = q.get();
+        a.out = out.get();
         a.scale = 1.0f / std::sqrt(128.0f);
         for (bool tc : {true, false}) {
           a.tensor_cores = tc;
           const std::string name = std::string(M == 64 ? "pq 4-bit (M=64)" : "pq 2-bit (M=32)") +
                                    (tc ? ", tensor cores" : ", CUDA cores");
-          row(name, median_us([&] { pq_decode_attention(a, static_cast<float*>(ws.p), splits, nullptr); }, reps),
+          row(name, median_us([&] { pq_decode_attention(a, ws.get(), splits, nullptr); }, reps),
               2.0 * static_cast<double>(code_bytes));
         }
       }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "backends/cuda/cuda_attention.h"
+#include "backends/cuda/device_buffer.h"
 #include "core/half.h"
 #include "kernels/dense_attention.h"
 #include "million/error.h"
@@ -28,26 +29,6 @@ namespace {
 
 constexpr int kGuard = 256;
 constexpr float kPoison = -1.2345678e30f;
-
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(std::size_t n) : n_(n) { check(cudaMalloc(&p_, std::max<std::size_t>(n, 1) * sizeof(T)), "cudaMalloc"); }
-  ~DeviceBuffer() { cudaFree(p_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  T* get() { return static_cast<T*>(p_); }
-  void upload(const std::vector<T>& v) { check(cudaMemcpy(p_, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "upload"); }
-  std::vector<T> download() const {
-    std::vector<T> v(n_);
-    check(cudaMemcpy(v.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost), "download");
-    return v;
-  }
-
- private:
-  void* p_ = nullptr;
-  std::size_t n_;
-};
 
 int sm_count() {
   int dev = 0, n = 0;
