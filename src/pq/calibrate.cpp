@@ -14,6 +14,7 @@
 #include "million/log.h"
 #include "pq/capture.h"
 #include "pq/encode.h"
+#include "pq/normalize.h"
 #include "pq/rotation.h"
 
 namespace million {
@@ -94,7 +95,63 @@ CodebookSet calibrate(Model& model, const ModelFingerprint& fingerprint, const s
   const std::int64_t samples = opt.samples > 0 ? opt.samples : 64 * static_cast<std::int64_t>(max_ksub);
   const int ctx = opt.ctx > 0 ? opt.ctx : static_cast<int>(std::min<std::int64_t>(cfg.max_ctx, 4096));
   if (ctx > cfg.max_ctx) throw InvalidArgumentError(fmt::format("--ctx {} exceeds the model's context {}", ctx, cfg.max_ctx));
+  const bool normalised = opt.k_norm != VectorNorm::kNone || opt.v_norm != VectorNorm::kNone;
+  if (normalised && opt.rotation == RotationKind::kOpq) {
+    throw InvalidArgumentError("normalised codebooks (--k-norm / --v-norm) need --rotation none or hadamard");
+  }
+  if ((opt.k_norm == VectorNorm::kChannelGroup || opt.v_norm == VectorNorm::kChannelGroup) &&
+      (opt.norm_group < 64 || opt.norm_group % 64 != 0 || opt.norm_group > ctx)) {
+    throw InvalidArgumentError(fmt::format("--norm-group {} must be a positive multiple of 64 and at most the window "
+                                           "length {}", opt.norm_group, ctx));
+  }
+  CodebookSet set;
+  set.model = fingerprint;
+  set.granularity = opt.granularity;
+  set.k_config = opt.k_config;
+  set.v_config = opt.v_config;
+  set.rotation = opt.rotation;
+  set.k_norm = opt.k_norm;
+  set.v_norm = opt.v_norm;
+  set.norm_group =
+      opt.k_norm == VectorNorm::kChannelGroup || opt.v_norm == VectorNorm::kChannelGroup ? opt.norm_group : 0;
+  set.seed = opt.seed;
+  const int groups = set.n_groups();
+  // Normalised codebooks: the rotation is drawn up front (the same seeds train_pq_codebook uses)
+  // and the capture rotates + normalises blocks of consecutive tokens as the cache will.
+  std::vector<std::vector<float>> rotations(static_cast<std::size_t>(2 * groups));
   CaptureOptions copt;
+  if (normalised) {
+    for (int i = 0; i < 2 * groups; ++i) {
+      if (opt.rotation == RotationKind::kHadamard) {
+        rotations[static_cast<std::size_t>(i)] = hadamard_rotation(cfg.head_dim, opt.seed * 1000 + static_cast<std::uint64_t>(i));
+      }
+    }
+    for (int kind = 0; kind < 2; ++kind) {
+      copt.transform_block[kind] = (kind == 0 ? opt.k_norm : opt.v_norm) == VectorNorm::kChannelGroup ? opt.norm_group : 1;
+    }
+    copt.transform = [&set, &rotations, &opt, d = cfg.head_dim](int layer, int kv_head, CaptureKind kind, float* x, int n) {
+      const int k = kind == CaptureKind::kKey ? 0 : 1;
+      const std::vector<float>& R = rotations[static_cast<std::size_t>(2 * set.group_of(layer, kv_head) + k)];
+      std::vector<float> u(static_cast<std::size_t>(n) * d);
+      if (!R.empty()) {
+        rotate_vectors(R, d, x, n, u.data());
+      } else {
+        std::copy(x, x + static_cast<std::ptrdiff_t>(n) * d, u.begin());
+      }
+      const VectorNorm norm = k == 0 ? opt.k_norm : opt.v_norm;
+      if (norm == VectorNorm::kChannelGroup) {
+        std::vector<float> mn(static_cast<std::size_t>(d)), rg(mn.size());
+        channel_group_params(u.data(), n, d, mn.data(), rg.data());
+        channel_group_normalize(u.data(), n, d, mn.data(), rg.data(), x);
+      } else if (norm == VectorNorm::kToken) {
+        std::vector<float> norms(static_cast<std::size_t>(n));
+        for (int t = 0; t < n; ++t) norms[static_cast<std::size_t>(t)] = token_norm_f16(u.data() + static_cast<std::ptrdiff_t>(t) * d, d);
+        token_normalize(u.data(), n, d, norms.data(), x);
+      } else {
+        std::copy(u.begin(), u.end(), x);
+      }
+    };
+  }
   copt.train_samples = samples;
   copt.heldout_samples = std::max<std::int64_t>(256, samples / 16);
   copt.seed = opt.seed;
@@ -147,14 +204,6 @@ CodebookSet calibrate(Model& model, const ModelFingerprint& fingerprint, const s
   model.set_pre_rope_key_observer({});
   const auto t1 = clock::now();
 
-  CodebookSet set;
-  set.model = fingerprint;
-  set.granularity = opt.granularity;
-  set.k_config = opt.k_config;
-  set.v_config = opt.v_config;
-  set.rotation = opt.rotation;
-  set.seed = opt.seed;
-  const int groups = set.n_groups();
   set.entries.resize(static_cast<std::size_t>(2 * groups));
   for (int g = 0; g < groups; ++g) {
     for (int kind = 0; kind < 2; ++kind) {
@@ -166,8 +215,16 @@ CodebookSet calibrate(Model& model, const ModelFingerprint& fingerprint, const s
         log_warn("codebook group {} {}: {} training vectors for {} centroids (FAISS recommends at least {})", g,
                  kind == 0 ? "K" : "V", n, pc.ksub(), 39 * pc.ksub());
       }
-      set.entries[static_cast<std::size_t>(2 * g + kind)] = train_pq_codebook(
-          x.data(), n, cfg.head_dim, pc, opt.rotation, opt.seed * 1000 + static_cast<std::uint64_t>(2 * g + kind), opt.kmeans);
+      PQCodebook& cb = set.entries[static_cast<std::size_t>(2 * g + kind)];
+      // Normalised samples are already rotated: train on them as they are, then record the rotation.
+      cb = train_pq_codebook(x.data(), n, cfg.head_dim, pc, normalised ? RotationKind::kNone : opt.rotation,
+                             opt.seed * 1000 + static_cast<std::uint64_t>(2 * g + kind), opt.kmeans);
+      if (normalised) {
+        cb.rotation = opt.rotation;
+        cb.rotation_matrix = rotations[static_cast<std::size_t>(2 * g + kind)];
+        cb.norm = kind == 0 ? opt.k_norm : opt.v_norm;
+        cb.norm_group = cb.norm == VectorNorm::kChannelGroup ? opt.norm_group : 0;
+      }
       if (opt.progress) {
         opt.progress({"train", 2 * g + kind + 1, 2 * groups, std::chrono::duration<double>(clock::now() - t1).count()});
       }
@@ -193,7 +250,12 @@ CodebookSet calibrate(Model& model, const ModelFingerprint& fingerprint, const s
           report->heldout_vectors = std::min(report->heldout_vectors, held.size());
           double norm = 0.0;
           for (std::int64_t i = 0; i < held.size() * held.dim(); ++i) norm += static_cast<double>(held.data()[i]) * held.data()[i];
-          const double e = relative_error(set.get(l, h, kind == 0 ? KVKind::kKey : KVKind::kValue), held.data(), held.size());
+          PQCodebook cb = set.get(l, h, kind == 0 ? KVKind::kKey : KVKind::kValue);
+          if (normalised) {  // held-out samples are rotated and normalised already
+            cb.rotation = RotationKind::kNone;
+            cb.rotation_matrix.clear();
+          }
+          const double e = relative_error(cb, held.data(), held.size());
           err2 += e * e * norm;
           norm2 += norm;
         }

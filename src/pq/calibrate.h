@@ -25,6 +25,10 @@ struct CalibrateOptions {
   PQConfig k_config, v_config;
   Granularity granularity = Granularity::kLayerHead;
   RotationKind rotation = RotationKind::kNone;
+  /// Normalisations between rotation and PQ (pq/normalize.h); channel-group over norm_group
+  /// consecutive tokens (a multiple of 64). Need rotation none or hadamard.
+  VectorNorm k_norm = VectorNorm::kNone, v_norm = VectorNorm::kNone;
+  int norm_group = 128;
   std::int64_t samples = 0;   ///< training vectors per (layer, kv head, kind); 0 = 64 per centroid
   int ctx = 0;                ///< window length; 0 = the model's context, at most 4096
   std::int64_t max_tokens = 0;  ///< tokens to run; 0 = just enough for `samples`
@@ -34,7 +38,9 @@ struct CalibrateOptions {
 };
 
 struct LayerError {
-  double k = 0.0;  ///< sqrt(sum ||x - x_hat||^2 / sum ||x||^2) over held-out keys of all kv heads
+  /// sqrt(sum ||x - x_hat||^2 / sum ||x||^2) over held-out keys of all kv heads; for normalised
+  /// codebooks measured in the normalised space (what k-means saw)
+  double k = 0.0;
   double v = 0.0;
 };
 

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "million/error.h"
 
 namespace million {
@@ -74,10 +76,45 @@ void KVCapture::sample(int layer, std::int64_t pos0, int n, const float* x, Capt
   }
 }
 
+void KVCapture::sample_transformed(int layer, std::int64_t pos0, int n, const float* x, CaptureKind kind) {
+  const int d = shape_.head_dim, H = shape_.n_kv_heads, k = static_cast<int>(kind);
+  const int block = std::max(1, opt_.transform_block[k]);
+  if (pending_.empty()) pending_.resize(static_cast<std::size_t>(shape_.n_layers) * H * 2);
+  for (int h = 0; h < H; ++h) {
+    Pending& p = pending_[(static_cast<std::size_t>(layer) * H + static_cast<std::size_t>(h)) * 2 + static_cast<std::size_t>(k)];
+    for (int t = 0; t < n; ++t) {
+      const float* row = x + (static_cast<std::int64_t>(t) * H + h) * d;
+      p.rows.insert(p.rows.end(), row, row + d);
+      p.globals.push_back(token_base_ + pos0 + t);
+      if (static_cast<int>(p.globals.size()) < block) continue;
+      opt_.transform(layer, h, kind, p.rows.data(), block);
+      for (int i = 0; i < block; ++i) {
+        (is_heldout(p.globals[static_cast<std::size_t>(i)]) ? heldout_ : train_)[slot(layer, h, kind)].add(
+            p.rows.data() + static_cast<std::ptrdiff_t>(i) * d);
+      }
+      p.rows.clear();
+      p.globals.clear();
+    }
+  }
+}
+
 void KVCapture::append(int layer, std::int64_t pos0, int n, const float* k, const float* v) {
   inner_->append(layer, pos0, n, k, v);
+  if (opt_.transform) {
+    sample_transformed(layer, pos0, n, k, CaptureKind::kKey);
+    sample_transformed(layer, pos0, n, v, CaptureKind::kValue);
+    return;
+  }
   sample(layer, pos0, n, k, CaptureKind::kKey);
   sample(layer, pos0, n, v, CaptureKind::kValue);
+}
+
+void KVCapture::clear() {
+  inner_->clear();
+  for (Pending& p : pending_) {  // a window's partial block is dropped (see CaptureOptions)
+    p.rows.clear();
+    p.globals.clear();
+  }
 }
 
 void KVCapture::attend(int layer, std::int64_t pos0, int n, const float* q, float* out) {

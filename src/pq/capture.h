@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <random>
 #include <vector>
@@ -41,6 +42,13 @@ struct CaptureOptions {
   int heldout_one_in = 16;             ///< a token goes to the held-out sample with probability 1/this
   bool pre_rope_keys = false;
   std::uint64_t seed = 0;
+  /// Optional, for normalised codebooks: rewrites `n` consecutive tokens x [n, head_dim] of one
+  /// (layer, kv head, kind) in place before they are sampled (e.g. rotation + normalisation).
+  /// Tokens reach it in blocks of transform_block[kind] consecutive positions of one window
+  /// (kinds K and V only); a window's last partial block is dropped, as the cache never codes
+  /// a partial block outside stress mode.
+  std::function<void(int layer, int kv_head, CaptureKind kind, float* x, int n)> transform;
+  int transform_block[2] = {1, 1};
 };
 
 class KVCapture final : public KVCache {
@@ -59,13 +67,20 @@ class KVCapture final : public KVCache {
   void append(int layer, std::int64_t pos0, int n, const float* k, const float* v) override;
   void attend(int layer, std::int64_t pos0, int n, const float* q, float* out) override;
   void commit(std::int64_t n_tokens) override { inner_->commit(n_tokens); }
-  void clear() override { inner_->clear(); }
+  void clear() override;
   std::int64_t n_tokens() const override { return inner_->n_tokens(); }
   std::int64_t bytes_allocated() const override { return inner_->bytes_allocated(); }
   double bytes_per_token() const override { return inner_->bytes_per_token(); }
 
  private:
   void sample(int layer, std::int64_t pos0, int n, const float* x, CaptureKind kind);
+  // With a transform: collects consecutive tokens per (layer, kv head, kind) into blocks.
+  void sample_transformed(int layer, std::int64_t pos0, int n, const float* x, CaptureKind kind);
+  struct Pending {
+    std::vector<float> rows;            // [tokens, head_dim] of one head, consecutive positions
+    std::vector<std::int64_t> globals;  // global token index of each row (held-out split)
+  };
+  std::vector<Pending> pending_;  // [layer][kv_head][K, V]
   bool is_heldout(std::int64_t global_token) const;
   std::size_t slot(int layer, int kv_head, CaptureKind kind) const;
 

@@ -92,6 +92,10 @@ void PQCodebook::validate(const std::string& source) const {
   if (centroids.size() != want) fail(fmt::format("has {} centroid values, expected {}", centroids.size(), want));
   const std::size_t rot = rotation == RotationKind::kNone ? 0 : static_cast<std::size_t>(head_dim) * head_dim;
   if (rotation_matrix.size() != rot) fail(fmt::format("rotation matrix has {} values, expected {}", rotation_matrix.size(), rot));
+  if (norm == VectorNorm::kChannelGroup ? (norm_group < 64 || norm_group % 64 != 0) : norm_group != 0) {
+    fail(fmt::format("normalisation {} with group {} (channel-group needs a positive multiple of 64 tokens, the "
+                     "others 0)", vector_norm_name(norm), norm_group));
+  }
 }
 
 std::string ModelFingerprint::str() const {
@@ -144,6 +148,14 @@ void CodebookSet::validate(const std::string& source) const {
                                     "file header (head_dim {}, {}, rotation {})",
                                     source, i, e.head_dim, e.M, e.nbits, rotation_name(e.rotation), model.head_dim,
                                     want.str(), rotation_name(rotation)));
+    }
+    const VectorNorm want_norm = i % 2 == 0 ? k_norm : v_norm;
+    const int want_group = want_norm == VectorNorm::kChannelGroup ? norm_group : 0;
+    if (e.norm != want_norm || e.norm_group != want_group) {
+      throw FormatError(fmt::format("{}: codebook {} (normalisation {}, group {}) disagrees with the file header "
+                                    "(normalisation {}, group {})",
+                                    source, i, vector_norm_name(e.norm), e.norm_group, vector_norm_name(want_norm),
+                                    want_group));
     }
     e.validate(fmt::format("{}: entry {}", source, i));
   }

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "pq/normalize.h"
+
 namespace million {
 
 /// M and nbits of one kind of vector (keys or values). Parsed from "pq:M=64,nbits=8".
@@ -54,6 +56,10 @@ struct PQCodebook {
   RotationKind rotation = RotationKind::kNone;
   /// [head_dim, head_dim] row-major orthogonal R, rotated = R x; empty when rotation is kNone.
   std::vector<float> rotation_matrix;
+  /// Normalisation between rotation and PQ (pq/normalize.h): the centroids live in the
+  /// normalised space; channel-group normalises over groups of norm_group tokens (else 0).
+  VectorNorm norm = VectorNorm::kNone;
+  int norm_group = 0;
   std::uint64_t n_samples = 0;  ///< training vectors k-means saw
   /// [M, ksub, dsub] f32: centroid c of subspace m is centroids[(m * ksub + c) * dsub + 0 .. dsub)
   std::vector<float> centroids;
@@ -83,6 +89,10 @@ struct CodebookSet {
   Granularity granularity = Granularity::kLayerHead;
   PQConfig k_config, v_config;
   RotationKind rotation = RotationKind::kNone;
+  /// Normalisations of keys and values (every entry of that kind carries the same); norm_group:
+  /// tokens per channel-group (a multiple of 64), 0 when neither kind uses channel-group.
+  VectorNorm k_norm = VectorNorm::kNone, v_norm = VectorNorm::kNone;
+  int norm_group = 0;
   std::uint64_t seed = 0;
   /// Entries in order: for each group (see n_groups), K then V.
   std::vector<PQCodebook> entries;

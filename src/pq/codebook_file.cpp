@@ -79,6 +79,9 @@ void write_payload(Writer& w, const CodebookSet& set) {
   w.u32(static_cast<std::uint32_t>(set.k_config.nbits));
   w.u32(static_cast<std::uint32_t>(set.v_config.M));
   w.u32(static_cast<std::uint32_t>(set.v_config.nbits));
+  w.u8(static_cast<std::uint8_t>(set.k_norm));  // version 2
+  w.u8(static_cast<std::uint8_t>(set.v_norm));
+  w.u32(static_cast<std::uint32_t>(set.norm_group));
   w.u32(static_cast<std::uint32_t>(set.entries.size()));
   for (const PQCodebook& e : set.entries) {
     w.u32(static_cast<std::uint32_t>(e.head_dim));
@@ -205,7 +208,7 @@ class Reader {
   const std::string& source_;
 };
 
-CodebookSet parse_payload(const std::uint8_t* data, std::size_t size, const std::string& path) {
+CodebookSet parse_payload(const std::uint8_t* data, std::size_t size, const std::string& path, std::uint32_t version) {
   Reader r(data, size, path);
   CodebookSet set;
   ModelFingerprint& m = set.model;
@@ -242,6 +245,22 @@ CodebookSet parse_payload(const std::uint8_t* data, std::size_t size, const std:
   set.v_config.nbits = r.u32_in("V config nbits", 4, 8);
   check_config(set.k_config, m.head_dim, path, "K");
   check_config(set.v_config, m.head_dim, path, "V");
+  if (version >= 2) {
+    for (VectorNorm* n : {&set.k_norm, &set.v_norm}) {
+      const std::uint8_t code = r.u8(n == &set.k_norm ? "K normalisation" : "V normalisation");
+      if (!valid_vector_norm(code)) {
+        throw FormatError(fmt::format("{}: unknown normalisation code {} (known: 0 none, 1 token, 2 channel-group)",
+                                      path, code));
+      }
+      *n = static_cast<VectorNorm>(code);
+    }
+    set.norm_group = r.u32_in("normalisation group", 0, 1u << 20);
+    const bool grouped = set.k_norm == VectorNorm::kChannelGroup || set.v_norm == VectorNorm::kChannelGroup;
+    if (grouped ? (set.norm_group < 64 || set.norm_group % 64 != 0) : set.norm_group != 0) {
+      throw FormatError(fmt::format("{}: normalisation group {} (channel-group needs a positive multiple of 64, "
+                                    "otherwise it must be 0)", path, set.norm_group));
+    }
+  }
 
   const std::uint32_t count = r.u32("entry count");
   const std::int64_t want = 2 * static_cast<std::int64_t>(set.n_groups());
@@ -267,6 +286,8 @@ CodebookSet parse_payload(const std::uint8_t* data, std::size_t size, const std:
     if (!valid_rotation(erot)) throw FormatError(fmt::format("{}: {} has unknown rotation code {}", path, field, erot));
     e.rotation = static_cast<RotationKind>(erot);
     e.n_samples = r.u64(field + " n_samples");
+    e.norm = i % 2 == 0 ? set.k_norm : set.v_norm;
+    e.norm_group = e.norm == VectorNorm::kChannelGroup ? set.norm_group : 0;
     // Agree with the header before reading the arrays, so their sizes come from checked fields.
     const PQConfig& cfg = i % 2 == 0 ? set.k_config : set.v_config;
     if (e.head_dim != m.head_dim || e.M != cfg.M || e.nbits != cfg.nbits || e.rotation != set.rotation) {
@@ -305,9 +326,9 @@ CodebookSet load_mapped(const MappedFile& file, const std::string& path) {
                                   kHeaderBytes + kChecksumBytes));
   }
   const std::uint32_t version = le32(data + kMagicBytes);
-  if (version != kCodebookVersion) {
-    throw FormatError(fmt::format("{}: codebook file version {} is not supported (this build reads version {})", path,
-                                  version, kCodebookVersion));
+  if (version < 1 || version > kCodebookVersion) {
+    throw FormatError(fmt::format("{}: codebook file version {} is not supported (this build reads versions 1 to {})",
+                                  path, version, kCodebookVersion));
   }
   const std::uint64_t payload_bytes = le64(data + kMagicBytes + 4);
   const std::size_t available = size - kHeaderBytes - kChecksumBytes;
@@ -328,7 +349,7 @@ CodebookSet load_mapped(const MappedFile& file, const std::string& path) {
     throw FormatError(fmt::format("{}: checksum mismatch: the file is corrupt (stored {:016x}, computed {:016x})", path,
                                   stored, actual));
   }
-  return parse_payload(payload, payload_bytes, path);
+  return parse_payload(payload, payload_bytes, path, version);
 }
 
 [[noreturn]] void fail_io(const std::string& what, const std::string& path, int err) {

@@ -146,6 +146,9 @@ void expect_identical(const CodebookSet& a, const CodebookSet& b) {
   EXPECT_EQ(a.seed, b.seed);
   EXPECT_EQ(a.k_config, b.k_config);
   EXPECT_EQ(a.v_config, b.v_config);
+  EXPECT_EQ(a.k_norm, b.k_norm);
+  EXPECT_EQ(a.v_norm, b.v_norm);
+  EXPECT_EQ(a.norm_group, b.norm_group);
   ASSERT_EQ(a.entries.size(), b.entries.size());
   for (std::size_t i = 0; i < a.entries.size(); ++i) {
     const PQCodebook &x = a.entries[i], &y = b.entries[i];
@@ -154,6 +157,8 @@ void expect_identical(const CodebookSet& a, const CodebookSet& b) {
     EXPECT_EQ(x.nbits, y.nbits) << i;
     EXPECT_EQ(x.rotation, y.rotation) << i;
     EXPECT_EQ(x.n_samples, y.n_samples) << i;
+    EXPECT_EQ(x.norm, y.norm) << i;
+    EXPECT_EQ(x.norm_group, y.norm_group) << i;
     expect_same_bits(x.rotation_matrix, y.rotation_matrix, "rotation matrix of entry " + std::to_string(i));
     expect_same_bits(x.centroids, y.centroids, "centroids of entry " + std::to_string(i));
   }
@@ -193,7 +198,7 @@ void fix_checksum(std::string& b) {
 /// Offsets of the documented fields, given the architecture name's length.
 struct Offsets {
   std::size_t arch_len = 20, arch = 24, n_layers, n_kv_heads, head_dim, hidden, vocab, config_hash, granularity,
-              rotation, seed, k_m, k_nbits, v_m, v_nbits, count, entry0;
+              rotation, seed, k_m, k_nbits, v_m, v_nbits, k_norm, v_norm, norm_group, count, entry0;
   explicit Offsets(std::size_t L) {
     n_layers = arch + L;
     n_kv_heads = n_layers + 4;
@@ -208,8 +213,11 @@ struct Offsets {
     k_nbits = n_layers + 42;
     v_m = n_layers + 46;
     v_nbits = n_layers + 50;
-    count = n_layers + 54;
-    entry0 = n_layers + 58;
+    k_norm = n_layers + 54;
+    v_norm = n_layers + 55;
+    norm_group = n_layers + 56;
+    count = n_layers + 60;
+    entry0 = n_layers + 64;
   }
   // Within an entry: head_dim +0, M +4, nbits +8, rotation +12, n_samples +13, arrays +21.
 };
@@ -320,6 +328,9 @@ TEST(CodebookFile, ByteLayoutMatchesTheDocumentation) {
   EXPECT_EQ(get_u32(b, o.k_nbits), 8u);
   EXPECT_EQ(get_u32(b, o.v_m), 2u);
   EXPECT_EQ(get_u32(b, o.v_nbits), 4u);
+  EXPECT_EQ(b.at(o.k_norm), 0);
+  EXPECT_EQ(b.at(o.v_norm), 0);
+  EXPECT_EQ(get_u32(b, o.norm_group), 0u);
   EXPECT_EQ(get_u32(b, o.count), 4u);  // 2 layers, K and V
   const PQCodebook& e0 = set.entries[0];
   EXPECT_EQ(get_u32(b, o.entry0), 8u);
@@ -368,12 +379,73 @@ TEST(CodebookFile, WrongMagicIsNotACodebookFile) {
 
 TEST(CodebookFile, WrongVersionNamesBothVersions) {
   std::string b = saved_bytes(make_set(Granularity::kShared, RotationKind::kNone, kTiny));
-  put_u32(b, 8, 2);
-  std::string msg = expect_rejected(b, {"version 2", "version 1"});
+  put_u32(b, 8, 3);
+  std::string msg = expect_rejected(b, {"version 3", "versions 1 to 2"});
   put_u32(b, 8, 0);
-  msg = expect_rejected(b, {"version 0", "version 1"});
+  msg = expect_rejected(b, {"version 0", "versions 1 to 2"});
   put_u32(b, 8, 0xffffffffu);
   expect_rejected(b, {"version 4294967295", "not supported"});
+}
+
+// Normalised sets (pq/normalize.h): keys per channel-group, values per token.
+CodebookSet with_norms(CodebookSet set, VectorNorm k, VectorNorm v, int group) {
+  set.k_norm = k;
+  set.v_norm = v;
+  set.norm_group = (k == VectorNorm::kChannelGroup || v == VectorNorm::kChannelGroup) ? group : 0;
+  for (std::size_t i = 0; i < set.entries.size(); ++i) {
+    set.entries[i].norm = i % 2 == 0 ? k : v;
+    set.entries[i].norm_group = set.entries[i].norm == VectorNorm::kChannelGroup ? group : 0;
+  }
+  return set;
+}
+
+TEST(CodebookFile, NormalisationsRoundTripAndAreValidated) {
+  const CodebookSet set =
+      with_norms(make_set(Granularity::kLayerHead, RotationKind::kNone, kTiny, 2, 2, 9), VectorNorm::kChannelGroup,
+                 VectorNorm::kToken, 128);
+  const std::string b = saved_bytes(set);
+  const Offsets o(set.model.architecture.size());
+  EXPECT_EQ(b.at(o.k_norm), 2);
+  EXPECT_EQ(b.at(o.v_norm), 1);
+  EXPECT_EQ(get_u32(b, o.norm_group), 128u);
+  const std::string path = temp_dir() + "/norms.mpq";
+  save_codebooks(set, path);
+  expect_identical(load_codebooks(path), set);
+  std::remove(path.c_str());
+  for (auto [off, value, phrase] : {std::tuple{o.k_norm, 3, "unknown normalisation code 3"},
+                                    std::tuple{o.v_norm, 255, "unknown normalisation code 255"},
+                                    std::tuple{o.k_norm, 0, "normalisation group 128"}}) {
+    std::string f = b;
+    f.at(off) = static_cast<char>(value);
+    fix_checksum(f);
+    SCOPED_TRACE(phrase);
+    expect_rejected(f, {phrase});
+  }
+  for (std::uint32_t group : {0u, 100u, 1u << 21}) {
+    std::string f = b;
+    put_u32(f, o.norm_group, group);
+    fix_checksum(f);
+    SCOPED_TRACE(group);
+    expect_rejected(f, {"normalisation group"});
+  }
+  // A channel-group entry whose group is not a multiple of 64 cannot be saved.
+  EXPECT_THROW(save_codebooks(with_norms(set, VectorNorm::kChannelGroup, VectorNorm::kNone, 96), path),
+               InvalidArgumentError);
+}
+
+TEST(CodebookFile, Version1FilesLoadWithoutNormalisation) {
+  // A version-1 file is a version-2 file without the 6 normalisation bytes.
+  const CodebookSet set = make_set(Granularity::kLayer, RotationKind::kHadamard, kTiny, 2, 2, 4);
+  std::string b = saved_bytes(set);
+  const Offsets o(set.model.architecture.size());
+  b.erase(o.k_norm, 6);
+  put_u32(b, 8, 1);
+  put_u64(b, 12, b.size() - 28);
+  fix_checksum(b);
+  const std::string path = temp_dir() + "/v1.mpq";
+  write_file(path, b);
+  expect_identical(load_codebooks(path), set);
+  std::remove(path.c_str());
 }
 
 TEST(CodebookFile, EveryTruncationOfASmallFileIsRejected) {

@@ -20,18 +20,25 @@ namespace million {
 namespace {
 
 std::shared_ptr<CodebookSet> random_codebooks(int layers, int kv_heads, int head_dim, PQConfig kc, PQConfig vc,
-                                              RotationKind rot, std::uint32_t seed) {
+                                              RotationKind rot, std::uint32_t seed, VectorNorm k_norm = VectorNorm::kNone,
+                                              VectorNorm v_norm = VectorNorm::kNone, int group = 0) {
   auto set = std::make_shared<CodebookSet>();
   set->model = {"test", layers, kv_heads, head_dim, 64, 100, 1};
   set->granularity = Granularity::kLayerHead;
   set->k_config = kc;
   set->v_config = vc;
   set->rotation = rot;
+  set->k_norm = k_norm;
+  set->v_norm = v_norm;
+  set->norm_group = group;
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist;
   for (int g = 0; g < layers * kv_heads; ++g) {
-    for (const PQConfig& pc : {kc, vc}) {
+    for (int kind = 0; kind < 2; ++kind) {
+      const PQConfig& pc = kind == 0 ? kc : vc;
       PQCodebook cb;
+      cb.norm = kind == 0 ? k_norm : v_norm;
+      cb.norm_group = cb.norm == VectorNorm::kChannelGroup ? group : 0;
       cb.head_dim = head_dim;
       cb.M = pc.M;
       cb.nbits = pc.nbits;
@@ -50,11 +57,17 @@ struct Case {
   int head_dim, M, nbits, n_heads, n_kv_heads, window, sinks;
   std::int64_t context;
   RotationKind rotation;
+  VectorNorm k_norm = VectorNorm::kNone, v_norm = VectorNorm::kNone;
+  int group = 0;  // channel-group tokens
+  int block() const {
+    return (k_norm == VectorNorm::kChannelGroup || v_norm == VectorNorm::kChannelGroup) ? group : 1;
+  }
   std::string str() const {
     return "pq_cache(head_dim=" + std::to_string(head_dim) + ",M=" + std::to_string(M) + ",nbits=" +
            std::to_string(nbits) + ",heads=" + std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) +
            ",window=" + std::to_string(window) + ",sinks=" + std::to_string(sinks) + ",context=" +
-           std::to_string(context) + ",rotation=" + rotation_name(rotation) + ")";
+           std::to_string(context) + ",rotation=" + rotation_name(rotation) + ",norms=" + vector_norm_name(k_norm) +
+           "/" + vector_norm_name(v_norm) + ",group=" + std::to_string(group) + ")";
   }
 };
 
@@ -68,7 +81,8 @@ std::vector<float> run_case(const Case& c, bool async, bool check, SimdLevel lev
   shape.n_kv_heads = c.n_kv_heads;
   shape.head_dim = c.head_dim;
   shape.capacity = c.context + 1;
-  auto set = random_codebooks(2, c.n_kv_heads, c.head_dim, {c.M, c.nbits}, {c.M, c.nbits}, c.rotation, 7);
+  auto set = random_codebooks(2, c.n_kv_heads, c.head_dim, {c.M, c.nbits}, {c.M, c.nbits}, c.rotation, 7, c.k_norm,
+                              c.v_norm, c.group);
   QuantizedCacheOptions opt;
   opt.window = c.window;
   opt.sinks = c.sinks;
@@ -120,11 +134,12 @@ std::vector<float> run_case(const Case& c, bool async, bool check, SimdLevel lev
   if (check) {
     // Partition sanity: with a window, coded = context - sinks - exact (>= window once full).
     const std::int64_t coded = cache.coded_tokens(1);
-    if (c.window == 0) {
-      EXPECT_EQ(coded, std::max<std::int64_t>(0, c.context - c.sinks)) << c.str();
+    const std::int64_t after_sinks = std::max<std::int64_t>(0, c.context - c.sinks);
+    if (c.window == 0) {  // everything coded but a partial block
+      EXPECT_EQ(coded, after_sinks / c.block() * c.block()) << c.str();
     } else {
-      EXPECT_GE(c.context - c.sinks - coded, std::min<std::int64_t>(c.window, c.context - c.sinks)) << c.str();
-      EXPECT_LT(c.context - c.sinks - coded, c.window + 16 + 64) << c.str();
+      EXPECT_GE(after_sinks - coded, std::min<std::int64_t>(c.window, after_sinks)) << c.str();
+      EXPECT_LT(after_sinks - coded, c.window + std::max(16, c.block()) + 64) << c.str();
     }
   }
   return all_out;
@@ -146,8 +161,12 @@ std::vector<Case> sweep_cases() {
         for (int rep = 0; rep < 2; ++rep, ++k) {
           const int G = gqa[k % 4];
           const int n_kv = G == 8 ? 1 : 2;
-          cases.push_back(Case{head_dim, M, nbits, G * n_kv, n_kv, windows[k % 3], (k / 3) % 2 == 0 ? 0 : 4,
-                               contexts[(k * 3) % 7], k % 5 == 2 ? RotationKind::kHadamard : RotationKind::kNone});
+          Case c{head_dim, M, nbits, G * n_kv, n_kv, windows[k % 3], (k / 3) % 2 == 0 ? 0 : 4,
+                 contexts[(k * 3) % 7], k % 5 == 2 ? RotationKind::kHadamard : RotationKind::kNone};
+          // Normalisations (pq/normalize.h) rotate through the cases too.
+          if (k % 4 == 1) c.k_norm = VectorNorm::kChannelGroup, c.v_norm = VectorNorm::kToken, c.group = 64;
+          if (k % 4 == 3) c.k_norm = VectorNorm::kToken, c.v_norm = VectorNorm::kChannelGroup, c.group = 128;
+          cases.push_back(c);
         }
       }
     }
@@ -165,11 +184,58 @@ TEST(PqCache, AttentionEqualsDenseAttentionOverDecodedKV) {
 }
 
 TEST(PqCache, AsyncEncodingIsBitIdenticalToSync) {
-  const Case c{64, 32, 8, 8, 2, 32, 4, 400, RotationKind::kNone};
-  const auto sync = run_case(c, false, false);
-  const auto async = run_case(c, true, false);
-  ASSERT_EQ(sync.size(), async.size());
-  EXPECT_EQ(0, std::memcmp(sync.data(), async.data(), sync.size() * sizeof(float)));
+  Case c{64, 32, 8, 8, 2, 32, 4, 400, RotationKind::kNone};
+  for (int norms = 0; norms < 2; ++norms) {
+    if (norms == 1) c.k_norm = VectorNorm::kChannelGroup, c.v_norm = VectorNorm::kToken, c.group = 64;
+    const auto sync = run_case(c, false, false);
+    const auto async = run_case(c, true, false);
+    ASSERT_EQ(sync.size(), async.size());
+    EXPECT_EQ(0, std::memcmp(sync.data(), async.data(), sync.size() * sizeof(float))) << c.str();
+  }
+}
+
+// Stress mode reads a partial block through roundtrip(): for a whole block, that must be what
+// append + decode give; for a partial one, what a block of just those tokens would give.
+TEST(PqCache, RoundtripEqualsAppendThenDecode) {
+  const int H = 2, d = 64, group = 64;
+  auto set = random_codebooks(1, H, d, {16, 8}, {32, 8}, RotationKind::kHadamard, 5, VectorNorm::kChannelGroup,
+                              VectorNorm::kToken, group);
+  std::vector<const PQCodebook*> kc{&set->get(0, 0, KVKind::kKey), &set->get(0, 1, KVKind::kKey)};
+  std::vector<const PQCodebook*> vc{&set->get(0, 0, KVKind::kValue), &set->get(0, 1, KVKind::kValue)};
+  std::mt19937 rng(2);
+  std::normal_distribution<float> dist;
+  for (int n : {group, 5, 1}) {
+    PQKeyStore keys(set, kc, 2 * group);
+    PQValueStore values(set, vc, 2 * group);
+    EXPECT_EQ(keys.block_tokens(), group);
+    EXPECT_EQ(values.block_tokens(), 1);
+    std::vector<float> x(static_cast<std::size_t>(group * H * d)), rk(x.size()), rv(x.size()), dec(static_cast<std::size_t>(group * d));
+    for (auto& v : x) v = dist(rng) * 3.0f + 1.0f;
+    keys.roundtrip(x.data(), n, rk.data());
+    values.roundtrip(x.data(), n, rv.data());
+    if (n == group) {
+      keys.append(x.data(), n);
+      values.append(x.data(), n);
+    } else {  // n tokens alone: the store's values store takes them; keys get the group padded by copies
+      std::vector<float> padded(x.size());
+      for (int t = 0; t < group; ++t) std::copy_n(x.begin() + static_cast<std::ptrdiff_t>(t % n) * H * d, H * d, padded.begin() + static_cast<std::ptrdiff_t>(t) * H * d);
+      keys.append(padded.data(), group);  // min/max over copies of the n tokens = over the n tokens
+      values.append(x.data(), n);
+    }
+    for (int h = 0; h < H; ++h) {
+      for (auto [store_is_key, r] : {std::pair{true, &rk}, std::pair{false, &rv}}) {
+        if (store_is_key) keys.decode(h, 0, n, dec.data()); else values.decode(h, 0, n, dec.data());
+        for (int t = 0; t < n; ++t) {
+          for (int c = 0; c < d; ++c) {
+            ASSERT_EQ(dec[static_cast<std::size_t>(t * d + c)], (*r)[static_cast<std::size_t>((t * H + h) * d + c)])
+                << (store_is_key ? "keys" : "values") << " n=" << n << " head " << h << " token " << t;
+          }
+        }
+      }
+    }
+    // The coded form is lossy: roundtrip is not the identity (else stress mode would read exact rows).
+    EXPECT_NE(rk[3], x[3]);
+  }
 }
 
 TEST(PqCache, ReportsBitsAndRejectsMismatchedCodebooks) {

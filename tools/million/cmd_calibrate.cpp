@@ -32,6 +32,9 @@ struct CalibrateArgs {
   std::string v = "pq:M=64,nbits=8";
   std::string granularity = "layer-head";
   std::string rotation = "none";
+  std::string k_norm = "none";
+  std::string v_norm = "none";
+  int norm_group = 128;
   std::int64_t samples = 0;
   std::int64_t max_tokens = 0;
   int ctx = 0;
@@ -74,6 +77,9 @@ void run_calibrate(const CalibrateArgs& a, int verbosity) {
   opt.v_config = parse_pq_config(a.v);
   opt.granularity = parse_granularity(a.granularity);
   opt.rotation = parse_rotation(a.rotation);
+  opt.k_norm = parse_vector_norm(a.k_norm);
+  opt.v_norm = parse_vector_norm(a.v_norm);
+  opt.norm_group = a.norm_group;
   opt.samples = a.samples;
   opt.max_tokens = a.max_tokens;
   opt.ctx = a.ctx;
@@ -93,9 +99,14 @@ void run_calibrate(const CalibrateArgs& a, int verbosity) {
     n_tokens += static_cast<std::int64_t>(docs.back().size());
   }
   log_info("calibration text: {} files, {} tokens; K {} ({:.2f} bits/element), V {} ({:.2f} bits/element), "
-           "granularity {}, rotation {}",
-           docs.size(), n_tokens, opt.k_config.str(), opt.k_config.bits_per_element(model.config().head_dim),
-           opt.v_config.str(), opt.v_config.bits_per_element(model.config().head_dim), a.granularity, a.rotation);
+           "granularity {}, rotation {}, normalisation K {} V {}",
+           docs.size(), n_tokens, opt.k_config.str(),
+           opt.k_config.bits_per_element(model.config().head_dim) +
+               vector_norm_bits(opt.k_norm, model.config().head_dim, opt.norm_group),
+           opt.v_config.str(),
+           opt.v_config.bits_per_element(model.config().head_dim) +
+               vector_norm_bits(opt.v_norm, model.config().head_dim, opt.norm_group),
+           a.granularity, a.rotation, a.k_norm, a.v_norm);
 
   // A live progress line on a terminal; in a log file only each stage's last line.
   const bool show = !a.quiet && verbosity > 0;
@@ -118,7 +129,10 @@ void run_calibrate(const CalibrateArgs& a, int verbosity) {
               a.model.c_str(), static_cast<long long>(rep.tokens), static_cast<long long>(rep.windows),
               static_cast<long long>(rep.train_vectors), static_cast<long long>(rep.heldout_vectors),
               rep.capture_seconds, rep.train_seconds);
-  std::printf("relative reconstruction error on held-out vectors (||x - x_hat|| / ||x||):\n");
+  std::printf("relative reconstruction error on held-out vectors (||x - x_hat|| / ||x||)%s:\n",
+              opt.k_norm != VectorNorm::kNone || opt.v_norm != VectorNorm::kNone
+                  ? ", measured on the normalised vectors k-means saw (channel-group offsets make K's look small)"
+                  : "");
   std::printf("| layer | K | V |\n|---:|---:|---:|\n");
   for (std::size_t l = 0; l < rep.layers.size(); ++l) {
     std::printf("| %zu | %.4f | %.4f |\n", l, rep.layers[l].k, rep.layers[l].v);
@@ -141,6 +155,12 @@ void register_calibrate(CLI::App& app, int& verbosity) {
   cmd->add_option("--v", args->v, "Value quantizer: pq:M=<subspaces>,nbits=<4..8>")->capture_default_str();
   cmd->add_option("--granularity", args->granularity, "Codebook sharing: shared, layer, layer-head")->capture_default_str();
   cmd->add_option("--rotation", args->rotation, "Rotation before PQ: none, hadamard, opq")->capture_default_str();
+  cmd->add_option("--k-norm", args->k_norm,
+                  "Key normalisation after the rotation: none, token (per-token norm, +16 bits per token), "
+                  "channel-group (per-channel min/range over --norm-group tokens, +32/group bits per element)")
+      ->capture_default_str();
+  cmd->add_option("--v-norm", args->v_norm, "Value normalisation: none, token, channel-group")->capture_default_str();
+  cmd->add_option("--norm-group", args->norm_group, "Tokens per channel-group (a multiple of 64)")->capture_default_str();
   cmd->add_option("--samples", args->samples,
                   "Training vectors per (layer, kv head, kind) (default: 64 per centroid, 16384 for nbits 8)");
   cmd->add_option("--max-tokens", args->max_tokens, "Tokens of text to run (default: just enough for --samples)");

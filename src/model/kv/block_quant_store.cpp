@@ -282,6 +282,23 @@ class BlockRows {
     MILLION_ASSERT(t0 >= 0 && t0 <= t1 && t1 <= size_);
   }
 
+  /// Quantize-dequantize of n tokens x [n, n_kv_heads, head_dim] (every token on its own).
+  void roundtrip(const float* x, int n, float* out) const {
+    std::vector<Block> blocks(static_cast<std::size_t>(nb_));
+    std::vector<float> tmp(static_cast<std::size_t>(head_dim_));
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(n) * n_kv_heads_; ++i) {
+      const float* src = x + i * head_dim_;
+      float* o = out + i * head_dim_;
+      if (rotation_ != nullptr) {
+        rotation_->rotate(src, tmp.data());
+        src = tmp.data();
+      }
+      BlockFormat<Block>::quantize(src, blocks.data(), head_dim_);
+      BlockFormat<Block>::dequantize(blocks.data(), o, head_dim_);
+      if (rotation_ != nullptr) rotation_->unrotate(o, o);
+    }
+  }
+
   const Block* row(int kv_head, std::int64_t t) const {
     return blocks_.data() + (static_cast<std::int64_t>(kv_head) * capacity_ + t) * nb_;
   }
@@ -321,6 +338,7 @@ class BlockQuantKeyStore final : public KeyStore {
       : rotation_(std::move(rotation)), rows_(n_kv_heads, head_dim, capacity, rotation_.get()) {}
 
   void append(const float* x, int n) override { rows_.append(x, n); }
+  void roundtrip(const float* x, int n, float* out) const override { rows_.roundtrip(x, n, out); }
   std::int64_t size() const override { return rows_.size(); }
   void clear() override { rows_.clear(); }
 
@@ -374,6 +392,7 @@ class BlockQuantValueStore final : public ValueStore {
       : rotation_(std::move(rotation)), rows_(n_kv_heads, head_dim, capacity, rotation_.get()) {}
 
   void append(const float* x, int n) override { rows_.append(x, n); }
+  void roundtrip(const float* x, int n, float* out) const override { rows_.roundtrip(x, n, out); }
   std::int64_t size() const override { return rows_.size(); }
   void clear() override { rows_.clear(); }
 

@@ -50,6 +50,10 @@ class DenseRows {
   }
   std::int64_t size() const { return size_; }
   void clear() { size_ = 0; }
+  void roundtrip(const float* x, int n, float* out) const {
+    const std::int64_t count = static_cast<std::int64_t>(n) * heads_ * d_;
+    for (std::int64_t i = 0; i < count; ++i) out[i] = f16_ ? f16_to_f32(f32_to_f16(x[i])) : x[i];
+  }
   void decode(int h, std::int64_t t0, std::int64_t t1, float* out) const {
     const CpuKernels& k = cpu_kernels(SimdLevel::kScalar);
     for (std::int64_t t = t0; t < t1; ++t) {
@@ -78,6 +82,7 @@ class DenseKeyStore final : public KeyStore {
  public:
   DenseKeyStore(bool f16, int h, int d, std::int64_t cap) : rows_(f16, h, d, cap) {}
   void append(const float* x, int n) override { rows_.append(x, n); }
+  void roundtrip(const float* x, int n, float* out) const override { rows_.roundtrip(x, n, out); }
   std::int64_t size() const override { return rows_.size(); }
   void clear() override { rows_.clear(); }
   std::unique_ptr<PreparedQueries> prepare(int, const float* q, int G, SimdLevel) const override {
@@ -107,6 +112,7 @@ class DenseValueStore final : public ValueStore {
  public:
   DenseValueStore(bool f16, int h, int d, std::int64_t cap) : rows_(f16, h, d, cap) {}
   void append(const float* x, int n) override { rows_.append(x, n); }
+  void roundtrip(const float* x, int n, float* out) const override { rows_.roundtrip(x, n, out); }
   std::int64_t size() const override { return rows_.size(); }
   void clear() override { rows_.clear(); }
   std::int64_t accumulator_floats(int G) const override { return static_cast<std::int64_t>(G) * rows_.d(); }

@@ -137,6 +137,22 @@ class KiviKeyStore final : public KeyStore {
     size_ += n;
   }
 
+  // One group of n tokens (n <= group) quantized per channel and decoded.
+  void roundtrip(const float* x, int n, float* out) const override {
+    const int levels = (1 << bits_) - 1;
+    const std::int64_t token_stride = static_cast<std::int64_t>(n_kv_heads_) * head_dim_;
+    if (n == 0) return;
+    for (int h = 0; h < n_kv_heads_; ++h) {
+      for (int c = 0; c < head_dim_; ++c) {
+        const std::int64_t off = static_cast<std::int64_t>(h) * head_dim_ + c;
+        const AsymParams p = asym_params(x + off, token_stride, n, levels);
+        for (int t = 0; t < n; ++t) {
+          out[t * token_stride + off] = p.scale * static_cast<float>(asym_code(x[t * token_stride + off], p, levels)) + p.zero;
+        }
+      }
+    }
+  }
+
   std::unique_ptr<PreparedQueries> prepare(int kv_head, const float* q, int G, SimdLevel level) const override {
     (void)kv_head;
     (void)level;
@@ -253,6 +269,18 @@ class KiviValueStore final : public ValueStore {
       }
     }
     size_ += n;
+  }
+
+  void roundtrip(const float* x, int n, float* out) const override {
+    const int levels = (1 << bits_) - 1;
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(n) * n_kv_heads_; ++i) {
+      for (int gi = 0; gi < groups_per_token_; ++gi) {
+        const float* xv = x + i * head_dim_ + gi * group_;
+        float* o = out + i * head_dim_ + gi * group_;
+        const AsymParams p = asym_params(xv, 1, group_, levels);
+        for (int c = 0; c < group_; ++c) o[c] = p.scale * static_cast<float>(asym_code(xv[c], p, levels)) + p.zero;
+      }
+    }
   }
 
   std::int64_t accumulator_floats(int G) const override { return static_cast<std::int64_t>(G) * head_dim_; }

@@ -32,6 +32,10 @@ class KeyStore {
   virtual int block_tokens() const { return 1; }
   /// Appends n tokens: x [n, n_kv_heads, head_dim] f32 (keys after RoPE).
   virtual void append(const float* x, int n) = 0;
+  /// out [n, n_kv_heads, head_dim] = x as this store gives it back when these n tokens are
+  /// encoded on their own (n may be fewer than block_tokens(): a group's statistics then come
+  /// from just these n). Stress mode reads a partial block through this (QuantizedKVCache).
+  virtual void roundtrip(const float* x, int n, float* out) const = 0;
   virtual std::int64_t size() const = 0;
   virtual void clear() = 0;
 
@@ -51,6 +55,7 @@ class ValueStore {
   virtual ~ValueStore() = default;
   virtual int block_tokens() const { return 1; }
   virtual void append(const float* x, int n) = 0;  ///< x [n, n_kv_heads, head_dim] f32
+  virtual void roundtrip(const float* x, int n, float* out) const = 0;  ///< as KeyStore::roundtrip
   virtual std::int64_t size() const = 0;
   virtual void clear() = 0;
 

@@ -6,6 +6,10 @@
 // Codes layout: per kv head, blocks of 64 tokens, subspace-major inside a block:
 // [ceil(capacity / 64), M, 64] u8 (src/backends/cpu/pq_attn_kernels.h), one byte per code
 // whatever nbits is (codes under 8 bits are not packed yet; bits_per_element() reports bytes).
+// Normalised codebooks (pq/normalize.h) add per kv head: token norms [capacity] f16, or per
+// channel-group [ceil(capacity / group), 2, head_dim] f16 (min row, then range row), both in the
+// rotated space. Token norms scale scores / probabilities; channel-groups fold into the query
+// (q * range, plus the bias q . min) once per group and into the value sum once per group.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +44,19 @@ class PQCodes {
   /// outside the f16 range.
   PQCodes(std::shared_ptr<const CodebookSet> owner, std::vector<const PQCodebook*> codebooks, std::int64_t capacity);
 
-  void append(const float* x, int n);  // x [n, n_kv_heads, head_dim]
+  /// x [n, n_kv_heads, head_dim]; with channel-group normalisation n and size() must be
+  /// multiples of the group (block_tokens()).
+  void append(const float* x, int n);
+  /// What these n tokens x [n, n_kv_heads, head_dim] decode to when encoded on their own (a
+  /// channel-group's parameters from just these n): out [n, n_kv_heads, head_dim].
+  void roundtrip(const float* x, int n, float* out) const;
+  int block_tokens() const { return norm_ == VectorNorm::kChannelGroup ? group_ : 1; }
+  VectorNorm norm() const { return norm_; }
+  int norm_group() const { return group_; }
+  /// Token t's norm (token normalisation).
+  float token_norm(int h, std::int64_t t) const;
+  /// Channel-group g's parameters in the rotated space (f16 values as f32): mn, rg [head_dim].
+  void group_params(int h, std::int64_t g, float* mn, float* rg) const;
   int n_kv_heads() const { return static_cast<int>(head_book_.size()); }
   std::int64_t size() const { return size_; }
   void clear() { size_ = 0; }
@@ -54,7 +70,7 @@ class PQCodes {
   }
   int M() const { return M_; }
   int head_dim() const { return head_dim_; }
-  double bits_per_element() const { return 8.0 * M_ / head_dim_; }
+  double bits_per_element() const { return 8.0 * M_ / head_dim_ + vector_norm_bits(norm_, head_dim_, group_); }
   /// Decoded tokens [t0, t1) of head h in the original (unrotated) space: out [t1 - t0, head_dim].
   void decode(int h, std::int64_t t0, std::int64_t t1, float* out) const;
 
@@ -67,20 +83,31 @@ class PQCodes {
   };
   const Book& book(int h) const { return books_[static_cast<std::size_t>(head_book_[static_cast<std::size_t>(h)])]; }
 
+  // rotated -> normalised -> codes of n tokens of head h ([n, d] in, [n, M] token-major out);
+  // params as stored: token [n] or channel-group [2, d] (the n tokens form one group).
+  void encode_head(int h, const float* x, int n, std::uint16_t* params, std::uint8_t* codes) const;
+  // codes [n, M] -> normalised centroids -> denormalised -> unrotated, params as above.
+  void decode_head(int h, const std::uint8_t* codes, const std::uint16_t* params, int n, float* out) const;
+
   std::shared_ptr<const CodebookSet> owner_;
   std::vector<Book> books_;
   std::vector<int> head_book_;                     // head -> index into books_
   std::vector<std::vector<std::uint8_t>> codes_;  // per head [ceil(capacity / 64), M, 64]
+  std::vector<std::vector<std::uint16_t>> params_;  // per head: token norms or channel-group min/range (above)
   std::int64_t capacity_;
   std::int64_t size_ = 0;
   int M_, head_dim_;
+  VectorNorm norm_ = VectorNorm::kNone;
+  int group_ = 0;
 };
 
 class PQKeyStore final : public KeyStore {
  public:
   PQKeyStore(std::shared_ptr<const CodebookSet> owner, std::vector<const PQCodebook*> codebooks, std::int64_t capacity)
       : codes_(std::move(owner), std::move(codebooks), capacity) {}
+  int block_tokens() const override { return codes_.block_tokens(); }
   void append(const float* x, int n) override;
+  void roundtrip(const float* x, int n, float* out) const override { codes_.roundtrip(x, n, out); }
   std::int64_t size() const override { return codes_.size(); }
   void clear() override { codes_.clear(); }
   std::unique_ptr<PreparedQueries> prepare(int kv_head, const float* q, int G, SimdLevel level) const override;
@@ -92,6 +119,9 @@ class PQKeyStore final : public KeyStore {
   double bits_per_element() const override { return codes_.bits_per_element(); }
 
  private:
+  // Scores of the G queries q [G, head_dim] (rotated space) against the codes as stored.
+  void raw_scores(int kv_head, const float* q, int G, std::int64_t t0, std::int64_t t1, float* s, std::int64_t ld,
+                  SimdLevel level) const;
   PQCodes codes_;
 };
 
@@ -99,7 +129,9 @@ class PQValueStore final : public ValueStore {
  public:
   PQValueStore(std::shared_ptr<const CodebookSet> owner, std::vector<const PQCodebook*> codebooks, std::int64_t capacity)
       : codes_(std::move(owner), std::move(codebooks), capacity) {}
+  int block_tokens() const override { return codes_.block_tokens(); }
   void append(const float* x, int n) override;
+  void roundtrip(const float* x, int n, float* out) const override { codes_.roundtrip(x, n, out); }
   std::int64_t size() const override { return codes_.size(); }
   void clear() override { codes_.clear(); }
   /// [G, head_dim]: the weighted sum of decoded values in the codebook's (rotated) space.
@@ -113,6 +145,9 @@ class PQValueStore final : public ValueStore {
   double bits_per_element() const override { return codes_.bits_per_element(); }
 
  private:
+  // acc += sum_t p_t * centroids_t (the stored, normalised vectors) for tokens [t0, t1).
+  void raw_accumulate(int kv_head, const float* p, std::int64_t ldp, int G, std::int64_t t0, std::int64_t t1,
+                      float* acc, SimdLevel level) const;
   PQCodes codes_;
 };
 

@@ -233,6 +233,23 @@ struct ItemState {
 
 }  // namespace
 
+const std::vector<float>& QuantizedKVCache::window_rows(const Layer& L, bool keys, std::vector<float>& scratch) const {
+  const std::vector<float>& rows = keys ? L.exact_k : L.exact_v;
+  if (opt_.window > 0 || rows.empty()) return rows;
+  // Stress mode with stores that encode whole blocks (KIVI key groups, channel-group PQ): the
+  // partial block is read as the store would give it back if it were encoded now, its group
+  // statistics taken from the tokens it has so far (within one forward chunk that includes the
+  // chunk's later tokens, as a complete group's statistics include all of its tokens).
+  scratch.resize(rows.size());
+  const int n = static_cast<int>(static_cast<std::int64_t>(rows.size()) / row());
+  if (keys) {
+    L.keys->roundtrip(rows.data(), n, scratch.data());
+  } else {
+    L.values->roundtrip(rows.data(), n, scratch.data());
+  }
+  return scratch;
+}
+
 void QuantizedKVCache::attend(int layer, std::int64_t pos0, int n, const float* q, float* out) {
   check_range(layer, pos0, n);
   wait_layer(layer);
@@ -246,6 +263,9 @@ void QuantizedKVCache::attend(int layer, std::int64_t pos0, int n, const float* 
   const SimdLevel level = simd_;
   const AttnTileKernels& tk = attn_tile_kernels(level);
   const std::int64_t acc_floats = L.values->accumulator_floats(G);
+  std::vector<float> prov_k, prov_v;
+  const std::vector<float>& win_k = window_rows(L, true, prov_k);
+  const std::vector<float>& win_v = window_rows(L, false, prov_v);
 
   // Query i sees n_sink sink tokens, coded tokens [0, n_coded) and window tokens [0, n_win).
   auto coded_seen = [&](int i) { return std::clamp<std::int64_t>(pos0 + i + 1 - opt_.sinks, 0, coded); };
@@ -315,7 +335,7 @@ void QuantizedKVCache::attend(int layer, std::int64_t pos0, int n, const float* 
           }
         };
         exact_rows(L.sink_k, L.sink_v, n_sink);
-        exact_rows(L.exact_k, L.exact_v, n_win);
+        exact_rows(win_k, win_v, n_win);
       }
       const std::int64_t n_coded = coded_seen(i);
       if (n_coded > 0) {
@@ -375,6 +395,9 @@ void QuantizedKVCache::attend_reference(int layer, std::int64_t pos0, int n, con
   const std::int64_t coded = L.keys->size();
   // Assemble [H, total, d] f32 K and V: sinks, decoded codes, window; then dense attention.
   std::vector<float> K(static_cast<std::size_t>(H * total * d)), V(K.size()), dec(static_cast<std::size_t>(coded * d));
+  std::vector<float> prov_k, prov_v;
+  const std::vector<float>& win_k = window_rows(L, true, prov_k);
+  const std::vector<float>& win_v = window_rows(L, false, prov_v);
   for (int h = 0; h < H; ++h) {
     float* kh = K.data() + static_cast<std::int64_t>(h) * total * d;
     float* vh = V.data() + static_cast<std::int64_t>(h) * total * d;
@@ -389,8 +412,8 @@ void QuantizedKVCache::attend_reference(int layer, std::int64_t pos0, int n, con
       std::copy(dec.begin(), dec.end(), vh + opt_.sinks * d);
     }
     for (std::int64_t t = L.exact_begin; t < total; ++t) {
-      std::copy_n(L.exact_k.data() + (t - L.exact_begin) * r + h * d, d, kh + t * d);
-      std::copy_n(L.exact_v.data() + (t - L.exact_begin) * r + h * d, d, vh + t * d);
+      std::copy_n(win_k.data() + (t - L.exact_begin) * r + h * d, d, kh + t * d);
+      std::copy_n(win_v.data() + (t - L.exact_begin) * r + h * d, d, vh + t * d);
     }
   }
   DenseAttentionArgs a;

@@ -4,7 +4,9 @@
 // Tokens leave the window in batches at commit(), optionally encoded on a background thread
 // while the next step's earlier layers run; attend(layer) waits for that layer's encoding, so
 // results are identical to synchronous encoding. window = 0 is the stress mode: tokens are
-// encoded as they are appended, before anything attends to them.
+// encoded as they are appended, before anything attends to them; stores that encode whole
+// blocks of tokens (KIVI keys, channel-group PQ) hold the last partial block as f32 and
+// attention reads it through the stores' roundtrip(), so no token is ever read exact.
 #pragma once
 
 #include <condition_variable>
@@ -61,8 +63,8 @@ class QuantizedKVCache final : public KVCache {
   std::int64_t bytes_allocated() const override;
   double bytes_per_token() const override;
 
-  /// Dense attention reference over what the cache holds: sinks and window exact, coded tokens
-  /// decoded from the stores (the invariant the fast path is tested against).
+  /// Dense attention reference over what the cache holds: sinks and window exact (stress mode:
+  /// the window through roundtrip()), coded tokens decoded from the stores (the invariant the fast path is tested against).
   void attend_reference(int layer, std::int64_t pos0, int n, const float* q, float* out);
   /// Tokens of `layer` currently coded (after waiting for pending encoding).
   std::int64_t coded_tokens(int layer);
@@ -79,6 +81,9 @@ class QuantizedKVCache final : public KVCache {
   };
   void encode_oldest(Layer& L, std::int64_t n);  // moves the n oldest window tokens into the stores
   void wait_layer(int layer);
+  // The window rows as attention reads them: L.exact_k / exact_v, or in stress mode their
+  // roundtrip through the stores (a partial block), made in scratch.
+  const std::vector<float>& window_rows(const Layer& L, bool keys, std::vector<float>& scratch) const;
   int token_block() const;
   std::int64_t row() const { return static_cast<std::int64_t>(shape_.n_kv_heads) * shape_.head_dim; }
 
