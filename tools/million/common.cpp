@@ -106,4 +106,16 @@ std::string machine_description() {
 
 std::string build_commit() { return MILLION_GIT_COMMIT; }
 
+std::string build_compiler() {
+#if defined(__clang__)
+  std::string v = "clang " __clang_version__;
+#elif defined(__GNUC__)
+  std::string v = "gcc " __VERSION__;
+#else
+  std::string v = "unknown compiler";
+#endif
+  while (!v.empty() && v.back() == ' ') v.pop_back();
+  return v;
+}
+
 }  // namespace million::cli

@@ -40,5 +40,7 @@ void install_log_sink(int verbosity);
 std::string machine_description();
 /// The commit this binary was configured from (or "unknown").
 std::string build_commit();
+/// The compiler that built this binary, from its predefined macros: "gcc 12.2.0", "clang 16.0.6".
+std::string build_compiler();
 
 }  // namespace million::cli
