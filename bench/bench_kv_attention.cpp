@@ -17,6 +17,7 @@
 #include "core/threads.h"
 #include "model/kv/kv_cache.h"
 #include "model/kv/pq_store.h"
+#include "pq/rotation.h"
 
 using namespace million;
 
@@ -30,10 +31,17 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-std::shared_ptr<CodebookSet> random_codebooks(const KVCacheShape& s, PQConfig pc) {
+// pq-norm: Hadamard rotation, keys per channel-group of 128 tokens, values per-token norms.
+std::shared_ptr<CodebookSet> random_codebooks(const KVCacheShape& s, PQConfig pc, bool norm) {
   auto set = std::make_shared<CodebookSet>();
   set->model = {"bench", s.n_layers, s.n_kv_heads, s.head_dim, 4096, 128256, 0};
   set->k_config = set->v_config = pc;
+  if (norm) {
+    set->rotation = RotationKind::kHadamard;
+    set->k_norm = VectorNorm::kChannelGroup;
+    set->v_norm = VectorNorm::kToken;
+    set->norm_group = 128;
+  }
   std::mt19937 rng(1);
   std::normal_distribution<float> dist;
   for (int i = 0; i < 2 * s.n_layers * s.n_kv_heads; ++i) {
@@ -41,6 +49,12 @@ std::shared_ptr<CodebookSet> random_codebooks(const KVCacheShape& s, PQConfig pc
     cb.head_dim = s.head_dim;
     cb.M = pc.M;
     cb.nbits = pc.nbits;
+    if (norm) {
+      cb.rotation = RotationKind::kHadamard;
+      cb.rotation_matrix = hadamard_rotation(s.head_dim, static_cast<std::uint64_t>(i));
+      cb.norm = i % 2 == 0 ? VectorNorm::kChannelGroup : VectorNorm::kToken;
+      cb.norm_group = i % 2 == 0 ? 128 : 0;
+    }
     cb.centroids.resize(static_cast<std::size_t>(pc.M) * pc.ksub() * cb.dsub());
     for (auto& c : cb.centroids) c = dist(rng);
     set->entries.push_back(std::move(cb));
@@ -49,11 +63,13 @@ std::shared_ptr<CodebookSet> random_codebooks(const KVCacheShape& s, PQConfig pc
 }
 
 std::unique_ptr<KVCache> make(const std::string& variant, const KVCacheShape& s) {
-  if (variant.rfind("pq-", 0) == 0) {  // pq-4bit, pq-2bit
+  if (variant.rfind("pq-", 0) == 0) {  // pq-4bit, pq-2bit, pq-norm-4bit, pq-norm-2bit
     QuantizedCacheOptions o;
     o.window = 0;
     o.batch = 1;
-    return make_pq_cache(s, random_codebooks(s, {variant.rfind("pq-4bit", 0) == 0 ? 64 : 32, 8}), o, variant);
+    const bool norm = variant.rfind("pq-norm-", 0) == 0;
+    const bool four = variant.find("4bit") != std::string::npos;
+    return make_pq_cache(s, random_codebooks(s, {four ? 64 : 32, 8}, norm), o, variant);
   }
   if (variant == "f32" || variant == "f16") return make_kv_cache(variant, s);
   return make_kv_cache(variant + ":window=0", s);
@@ -70,7 +86,7 @@ int main(int argc, char** argv) {
   std::vector<std::int64_t> contexts{1024, 4096, 16384, 32768};
   std::vector<int> threads{1, 2};
   std::vector<std::string> variants{"f32",    "f16",    "q8_0",           "q4_0",   "kivi-4",
-                                    "kivi-2", "pq-4bit", "pq-2bit"};
+                                    "kivi-2", "pq-4bit", "pq-2bit", "pq-norm-4bit", "pq-norm-2bit"};
   int reps = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];

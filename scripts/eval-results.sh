@@ -1,92 +1,103 @@
 #!/usr/bin/env bash
-# Regenerates docs/results.md: quality of every KV-cache variant on gutenberg-23m, measured
-# side by side in one run against the exact (f32) cache on the same tokens (EVALUATION.md):
-# held-out books (eval-tokens/heldout_eval.bin), ctx 4096, each window prefilled for its first
-# half and then fed in chunks of 64 so later tokens read coded history; default mode (the
-# cache's exact recent window) and stress mode (window 0). PQ codebooks are calibrated on
-# ../shared/text/calib only. Takes ~20 minutes on 2 cores with the defaults; not a test.
-#   WINDOWS=N (default 12: the first 3 books)   CTX=N (default 4096)   WORK=dir (default /tmp/million-eval)
+# Regenerates docs/results.md: quality of every KV-cache variant against the exact (f32) cache
+# of the same model on the same tokens, side by side in one run (../shared/docs/EVALUATION.md).
+# Each window is prefilled for its first PREFILL tokens (default 64) and then fed in chunks of
+# 64, so nearly every scored token reads the cache's coded history, as in decoding. Two modes:
+# default (the cache's exact recent window: 128 tokens) and stress (window 0: every token read
+# back from its quantized form). PQ codebooks come from `million calibrate` on
+# ../shared/text/calib (never evaluation text). Not a test; on 2 cores the default sections take
+# about 90 minutes.
+#
+# Sections (SECTIONS, space-separated; default all three):
+#   gutenberg-4096   gutenberg-23m, held-out books (eval-tokens/heldout_eval.bin), ctx 4096
+#   gutenberg-wiki   gutenberg-23m, WikiText-2 test, ctx 1024
+#   smollm2-wiki     SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh), WikiText-2 test, ctx 1024
+# Environment: WINDOWS_4096 (default 8), WINDOWS_1024 (default 16), PREFILL (64),
+#   WORK (default /tmp/million-eval; codebooks and logits are reused from there), THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${MILLION_SHARED_DIR:-../shared}
-MODEL=$SHARED/models/gutenberg-23m
-TOKENS=$MODEL/eval-tokens/heldout_eval.bin
-CTX=${CTX:-4096}
-WINDOWS=${WINDOWS:-12}
+SECTIONS=${SECTIONS:-"gutenberg-4096 gutenberg-wiki smollm2-wiki"}
+PREFILL=${PREFILL:-64}
 WORK=${WORK:-/tmp/million-eval}
-[ -f "$TOKENS" ] || { echo "eval-results: $TOKENS is missing (set MILLION_SHARED_DIR)"; exit 2; }
+THREADS=${THREADS:-$(nproc)}
+GUT=$SHARED/models/gutenberg-23m
+SMOL=models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
+WIKI=$SHARED/text/wikitext-2-raw/wiki.test.raw
 mkdir -p "$WORK"
 bash scripts/build.sh >/dev/null
 M=./build/million
 
-calib() {  # name, calibrate options...
-  local name=$1
-  shift
+calib() {  # model, out name, calibrate options...
+  local model=$1 name=$2
+  shift 2
   if [ ! -f "$WORK/$name.cb" ]; then
     echo "calibrating $name ($*)"
-    $M calibrate -m "$MODEL" --text "$SHARED/text/calib" --out "$WORK/$name.cb" -q "$@"
+    $M calibrate -m "$model" --text "$SHARED/text/calib" --out "$WORK/$name.cb" -q -t "$THREADS" "$@"
   fi
 }
-calib paper4 --granularity shared --rotation none --k pq:M=64,nbits=8 --v pq:M=64,nbits=8
-calib paper2 --granularity shared --rotation none --k pq:M=32,nbits=8 --v pq:M=32,nbits=8
-calib head4 --granularity layer-head --rotation hadamard --k pq:M=64,nbits=8 --v pq:M=64,nbits=8
-calib head2 --granularity layer-head --rotation hadamard --k pq:M=32,nbits=8 --v pq:M=32,nbits=8
 
-common=(-m "$MODEL" --tokens "$TOKENS" --ctx "$CTX" --chunk 64 --max-windows "$WINDOWS" -q --json)
-echo "exact cache (f32) -> $WORK/base.logits"
-$M perplexity "${common[@]}" --kv f32 --save-logits "$WORK/base.logits" >"$WORK/base.json"
+# The PQ variants (name, calibrate options). pq-norm: Hadamard rotation, keys min/max-normalised
+# per channel over groups of 128 tokens, values divided by their per-token norm, per-(layer, kv
+# head) codebooks (docs/pq-research.md).
+PQ_VARIANTS=(
+  "pq-paper-4bit|--granularity shared --rotation none --k pq:M=64,nbits=8 --v pq:M=64,nbits=8|pq-paper"
+  "pq-paper-2bit|--granularity shared --rotation none --k pq:M=32,nbits=8 --v pq:M=32,nbits=8|pq-paper"
+  "pq-head-hadamard-4bit|--granularity layer-head --rotation hadamard --k pq:M=64,nbits=8 --v pq:M=64,nbits=8|pq"
+  "pq-head-hadamard-2bit|--granularity layer-head --rotation hadamard --k pq:M=32,nbits=8 --v pq:M=32,nbits=8|pq"
+  "pq-norm-4bit|--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token --k pq:M=64,nbits=8 --v pq:M=64,nbits=8|pq"
+  "pq-norm-2bit|--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token --k pq:M=32,nbits=8 --v pq:M=32,nbits=8|pq"
+)
+BASELINES=(q8_0 q4_0 q4_0-hadamard kivi-4:group=32 kivi-4:group=128 kivi-2:group=32 kivi-2:group=128)
 
-run() {  # label, mode, perplexity options...
-  local label=$1 mode=$2
-  shift 2
-  echo "$label ($mode)"
-  $M perplexity "${common[@]}" --kl-base "$WORK/base.logits" "$@" >"$WORK/run-$mode-$label.json"
+# section, model, source options (--tokens/--text), ctx, windows, calibrate options
+evaluate() {
+  local sec=$1 model=$2 src=$3 ctx=$4 windows=$5 copts=$6
+  local dir=$WORK/$sec
+  mkdir -p "$dir"
+  echo "== $sec"
+  local common=(-m "$model" $src --ctx "$ctx" --chunk 64 --prefill "$PREFILL" --max-windows "$windows" -q --json
+    -t "$THREADS")
+  if [ ! -f "$dir/base.logits" ]; then
+    echo "exact cache (f32)"
+    $M perplexity "${common[@]}" --kv f32 --save-logits "$dir/base.logits" >"$dir/base.json"
+  fi
+  run() {  # label, mode, perplexity options...
+    local label=$1 mode=$2
+    shift 2
+    [ -f "$dir/run-$mode-$label.json" ] && return
+    echo "$label ($mode)"
+    $M perplexity "${common[@]}" --kl-base "$dir/base.logits" "$@" >"$dir/run-$mode-$label.json.tmp"
+    mv "$dir/run-$mode-$label.json.tmp" "$dir/run-$mode-$label.json"
+  }
+  run f16 default --kv f16
+  for mode in default stress; do
+    local w="" sep="" opt=""
+    if [ "$mode" = stress ]; then w="window=0"; sep=":$w"; opt=",$w"; fi
+    for b in "${BASELINES[@]}"; do
+      local label=${b/:group=/-g}
+      if [[ $b == *:* ]]; then run "$label" "$mode" --kv "$b$opt"; else run "$label" "$mode" --kv "$b$sep"; fi
+    done
+    for v in "${PQ_VARIANTS[@]}"; do
+      IFS='|' read -r label cal kv <<<"$v"
+      # shellcheck disable=SC2086
+      calib "$model" "$(basename "$model")-$label" $cal $copts
+      run "$label" "$mode" --kv "$kv$sep" --codebook "$WORK/$(basename "$model")-$label.cb"
+    done
+  done
 }
-run f16 default --kv f16
-for mode in default stress; do
-  w=""
-  [ "$mode" = stress ] && w="window=0"
-  sep() { [ -n "$w" ] && echo ":$w" || true; }
-  opt() { [ -n "$w" ] && echo ",$w" || true; }
-  run q8_0 "$mode" --kv "q8_0$(sep)"
-  run q4_0 "$mode" --kv "q4_0$(sep)"
-  run q4_0-hadamard "$mode" --kv "q4_0-hadamard$(sep)"
-  run kivi-4-g32 "$mode" --kv "kivi-4:group=32$(opt)"
-  run kivi-4-g128 "$mode" --kv "kivi-4:group=128$(opt)"
-  run kivi-2-g128 "$mode" --kv "kivi-2:group=128$(opt)"
-  run pq-paper-4bit "$mode" --kv "pq-paper$(sep)" --codebook "$WORK/paper4.cb"
-  run pq-paper-2bit "$mode" --kv "pq-paper$(sep)" --codebook "$WORK/paper2.cb"
-  run pq-head-hadamard-4bit "$mode" --kv "pq$(sep)" --codebook "$WORK/head4.cb"
-  run pq-head-hadamard-2bit "$mode" --kv "pq$(sep)" --codebook "$WORK/head2.cb"
+
+for sec in $SECTIONS; do
+  case $sec in
+    gutenberg-4096) evaluate "$sec" "$GUT" "--tokens $GUT/eval-tokens/heldout_eval.bin" 4096 "${WINDOWS_4096:-8}" "" ;;
+    gutenberg-wiki) evaluate "$sec" "$GUT" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" "" ;;
+    smollm2-wiki)
+      if [ ! -f "$SMOL" ]; then bash scripts/fetch-smollm2.sh || { echo "skipping $sec: no SmolLM2"; continue; }; fi
+      evaluate "$sec" "$SMOL" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" "--max-tokens 16384" ;;
+    *) echo "eval-results: unknown section $sec"; exit 2 ;;
+  esac
 done
 
-python3 - "$WORK" "$(git rev-parse --short HEAD)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
-  "$CTX" "$WINDOWS" >docs/results.md <<'PY'
-import glob, json, os, sys
-work, commit, cpu, ctx, windows = sys.argv[1:]
-base = json.load(open(os.path.join(work, "base.json")))
-rows = []
-for f in sorted(glob.glob(os.path.join(work, "run-*.json"))):
-    j = json.load(open(f))
-    mode, label = os.path.basename(f)[4:-5].split("-", 1)
-    k = j["kl_base"]
-    rows.append((mode, label, j["bits_per_element"], k["delta_ppl_pct"], k["mean_kld"], k["p99_kld"],
-                 k["top1_agreement_pct"], j["tokens_per_second"]))
-order = {"default": 0, "stress": 1}
-rows.sort(key=lambda r: (order[r[0]], r[4]))
-print("# Results: KV-cache quality (gutenberg-23m)\n")
-print(f"Generated by `scripts/eval-results.sh` at commit {commit} on {cpu} (2 threads). Held-out books")
-print(f"(`eval-tokens/heldout_eval.bin`), ctx {ctx}, the first {windows} windows ({base['tokens_scored']} tokens scored);")
-print("each window prefilled for its first half, then fed in chunks of 64 tokens, so later tokens read the")
-print(f"cache's coded history. Exact cache (f32): PPL {base['ppl']:.4f}. All rows against it, on the same tokens,")
-print("in one run. Default mode: each cache's exact recent window (128 tokens; KIVI its residual group);")
-print("stress mode: window 0, every token read back from its quantized form. Bits per element include")
-print(f"scales, zero points and exact windows amortised over ctx {ctx}. PQ codebooks: `million calibrate` on")
-print("`../shared/text/calib` (never evaluation text); pq-paper = one shared codebook, post-RoPE keys;")
-print("pq-head-hadamard = per-(layer, kv head) codebooks on Hadamard-rotated vectors. Sorted by mean KLD.\n")
-print("| mode | cache | bits/elem | ΔPPL % | mean KLD | p99 KLD | top-1 % | tok/s |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
-for m, l, bits, dppl, kld, p99, top1, tps in rows:
-    print(f"| {m} | {l} | {bits:.2f} | {dppl:+.3f} | {kld:.5f} | {p99:.4f} | {top1:.2f} | {tps:.0f} |")
-PY
+python3 scripts/eval_report.py "$WORK" "$(git rev-parse --short HEAD)" \
+  "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$THREADS" "$PREFILL" >docs/results.md
 echo "wrote docs/results.md"

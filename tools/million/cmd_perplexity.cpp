@@ -211,6 +211,7 @@ void run_perplexity(const PerplexityArgs& a, int verbosity) {
                         {"source", source},
                         {"kv", cache->name()},
                         {"bits_per_element", cache->bits_per_element()},
+                        {"coded_bits_per_element", cache->coded_bits_per_element()},
                         {"mode", mode},
                         {"chunk", a.chunk},
                         {"prefill", prefill},

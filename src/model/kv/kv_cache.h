@@ -59,6 +59,9 @@ class KVCache {
   virtual double bytes_per_token() const = 0;
   /// Bits per stored K/V element (bytes_per_token * 8 / (2 * layers * kv_heads * head_dim)).
   double bits_per_element() const;
+  /// Bits per element of the coded format alone (codes, scales, norms), without the exact
+  /// tokens a quantized cache also holds (sinks, window, a partial block); dense: as above.
+  virtual double coded_bits_per_element() const { return bits_per_element(); }
 
   /// SIMD level for this cache's kernels (default: active_simd_level() at creation).
   void set_simd_level(SimdLevel level) { simd_ = level; }

@@ -209,6 +209,10 @@ double QuantizedKVCache::bytes_per_token() const {
   return coded + exact_tokens * elems * 2.0 * 4.0 / static_cast<double>(shape_.capacity);
 }
 
+double QuantizedKVCache::coded_bits_per_element() const {
+  return (layers_[0].keys->bits_per_element() + layers_[0].values->bits_per_element()) / 2.0;
+}
+
 std::int64_t QuantizedKVCache::bytes_allocated() const {
   return static_cast<std::int64_t>(bytes_per_token() * static_cast<double>(shape_.capacity));
 }

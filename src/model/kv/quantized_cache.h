@@ -62,6 +62,7 @@ class QuantizedKVCache final : public KVCache {
   std::int64_t n_tokens() const override { return n_tokens_; }
   std::int64_t bytes_allocated() const override;
   double bytes_per_token() const override;
+  double coded_bits_per_element() const override;
 
   /// Dense attention reference over what the cache holds: sinks and window exact (stress mode:
   /// the window through roundtrip()), coded tokens decoded from the stores (the invariant the fast path is tested against).
