@@ -4,12 +4,14 @@
 set -euo pipefail
 
 # BLAS: the OpenMP build of OpenBLAS shares our OpenMP thread pool (no oversubscription).
-# FAISS is for codebook calibration (k-means, OPQ); PCRE2 for Unicode-aware pre-tokenizers.
+# FAISS is for codebook calibration (k-means, OPQ); PCRE2 for Unicode-aware pre-tokenizers;
+# gnuplot (no X11) draws `million analyze`'s SVG plots (without it analyze writes only CSV + markdown).
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libopenblas-dev libopenblas-openmp-dev libsentencepiece-dev nlohmann-json3-dev
   libcli11-dev libfmt-dev libfaiss-dev libpcre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  gnuplot-nox
 )
 
 missing=()

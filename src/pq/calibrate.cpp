@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <random>
 
 #include "core/mapped_file.h"
 #include "million/error.h"
@@ -16,6 +15,7 @@
 #include "pq/encode.h"
 #include "pq/normalize.h"
 #include "pq/rotation.h"
+#include "pq/windows.h"
 
 namespace million {
 
@@ -60,11 +60,6 @@ double relative_error(const PQCodebook& cb, const float* x, std::int64_t n) {
 }
 
 namespace {
-
-struct Window {
-  std::size_t doc;
-  std::size_t begin, length;
-};
 
 // Training vectors of one (group, kind): the reservoirs of its (layer, kv head) pairs, concatenated.
 std::vector<float> gather(const KVCapture& cap, const CodebookSet& set, int group, CaptureKind kind, bool heldout) {
@@ -158,43 +153,19 @@ CodebookSet calibrate(Model& model, const ModelFingerprint& fingerprint, const s
   const std::int64_t want_tokens =
       opt.max_tokens > 0 ? opt.max_tokens : samples * copt.heldout_one_in / (copt.heldout_one_in - 1) + 1;
 
-  // Windows of at most ctx tokens inside each document, shuffled, taken until want_tokens.
-  std::vector<Window> windows;
-  std::int64_t available = 0;
-  for (std::size_t d = 0; d < documents.size(); ++d) {
-    for (std::size_t b = 0; b < documents[d].size(); b += static_cast<std::size_t>(ctx)) {
-      const std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(ctx), documents[d].size() - b);
-      if (len < 16) continue;  // too short to say anything about attention
-      windows.push_back({d, b, len});
-      available += static_cast<std::int64_t>(len);
-    }
-  }
-  if (windows.empty()) throw InvalidArgumentError("the calibration text is empty (no window of 16 tokens or more)");
-  std::mt19937_64 rng(opt.seed);
-  std::shuffle(windows.begin(), windows.end(), rng);
-  std::int64_t planned = 0;
-  std::size_t n_windows = 0;
-  while (n_windows < windows.size() && planned < want_tokens) {
-    // The last window is cut so that exactly the wanted tokens run (--max-tokens is a budget).
-    Window& w = windows[n_windows];
-    w.length = static_cast<std::size_t>(std::min<std::int64_t>(static_cast<std::int64_t>(w.length), want_tokens - planned));
-    if (w.length < 16 && n_windows > 0) break;
-    planned += static_cast<std::int64_t>(w.length);
-    ++n_windows;
-  }
+  const WindowPlan plan = plan_windows(documents, ctx, want_tokens, opt.seed);
+  const std::int64_t planned = plan.tokens;
   if (planned < want_tokens) {
     log_warn("the calibration text has {} tokens, fewer than the {} wanted for {} training vectors per codebook",
-             available, want_tokens, samples);
+             plan.available, want_tokens, samples);
   }
 
   KVCapture cap(model.cache_shape(ctx), copt);
   cap.attach(model);
   const auto t0 = clock::now();
   std::int64_t done = 0;
-  for (std::size_t w = 0; w < n_windows; ++w) {
-    const Window& win = windows[w];
-    const std::vector<int> tokens(documents[win.doc].begin() + static_cast<std::ptrdiff_t>(win.begin),
-                                  documents[win.doc].begin() + static_cast<std::ptrdiff_t>(win.begin + win.length));
+  for (const TextWindow& win : plan.windows) {
+    const std::vector<int> tokens = window_tokens(documents, win);
     cap.clear();
     cap.set_token_base(done);
     model.prefill(tokens, cap, nullptr);
@@ -235,7 +206,7 @@ CodebookSet calibrate(Model& model, const ModelFingerprint& fingerprint, const s
 
   if (report != nullptr) {
     report->tokens = done;
-    report->windows = static_cast<std::int64_t>(n_windows);
+    report->windows = static_cast<std::int64_t>(plan.windows.size());
     report->capture_seconds = std::chrono::duration<double>(t1 - t0).count();
     report->train_seconds = std::chrono::duration<double>(t2 - t1).count();
     report->train_vectors = report->heldout_vectors = INT64_MAX;

@@ -45,27 +45,6 @@ struct CalibrateArgs {
   bool quiet = false;
 };
 
-// Regular files named on the command line, and the *.txt files of named directories (sorted).
-std::vector<std::string> text_files(const std::vector<std::string>& paths) {
-  std::vector<std::string> files;
-  for (const std::string& p : paths) {
-    if (fs::is_directory(p)) {
-      std::vector<std::string> in_dir;
-      for (const auto& e : fs::directory_iterator(p)) {
-        if (e.is_regular_file() && e.path().extension() == ".txt") in_dir.push_back(e.path().string());
-      }
-      std::sort(in_dir.begin(), in_dir.end());
-      if (in_dir.empty()) throw IoError(fmt::format("directory '{}' has no .txt files", p));
-      files.insert(files.end(), in_dir.begin(), in_dir.end());
-    } else if (fs::exists(p)) {
-      files.push_back(p);
-    } else {
-      throw IoError(fmt::format("calibration text '{}' does not exist", p));
-    }
-  }
-  return files;
-}
-
 void run_calibrate(const CalibrateArgs& a, int verbosity) {
   install_log_sink(a.quiet ? 0 : verbosity);
   apply_runtime_options(a.threads, a.simd);

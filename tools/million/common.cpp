@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -62,6 +63,27 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer, bo
   }
   out.model = std::make_unique<Model>(std::move(w));
   return out;
+}
+
+std::vector<std::string> text_files(const std::vector<std::string>& paths) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> files;
+  for (const std::string& p : paths) {
+    if (fs::is_directory(p)) {
+      std::vector<std::string> in_dir;
+      for (const auto& e : fs::directory_iterator(p)) {
+        if (e.is_regular_file() && e.path().extension() == ".txt") in_dir.push_back(e.path().string());
+      }
+      std::sort(in_dir.begin(), in_dir.end());
+      if (in_dir.empty()) throw IoError(fmt::format("directory '{}' has no .txt files", p));
+      files.insert(files.end(), in_dir.begin(), in_dir.end());
+    } else if (fs::exists(p)) {
+      files.push_back(p);
+    } else {
+      throw IoError(fmt::format("calibration text '{}' does not exist", p));
+    }
+  }
+  return files;
 }
 
 void maybe_reexec_for_blas(char** argv) {

@@ -1,9 +1,10 @@
-// Shared pieces of the million subcommands: loading a model with its tokenizer, applying the
-// thread / SIMD options, and the stderr log sink.
+// Shared pieces of the million subcommands: loading a model with its tokenizer, listing --text
+// files, applying the thread / SIMD options, and the stderr log sink.
 #pragma once
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -35,6 +36,11 @@ void apply_runtime_options(int threads, const std::string& simd);
 
 /// Installs the stderr sink; verbosity 0 = warnings only, 1 = info, 2 = debug.
 void install_log_sink(int verbosity);
+
+/// Regular files named on the command line, and the *.txt files of named directories (sorted);
+/// for --text of calibrate and analyze. Throws IoError for a missing path or a directory without
+/// .txt files.
+std::vector<std::string> text_files(const std::vector<std::string>& paths);
 
 /// "AMD EPYC ... (2 cores)": CPU model name and core count, for benchmark tables.
 std::string machine_description();

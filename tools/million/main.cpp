@@ -11,6 +11,7 @@ void register_generate(CLI::App& app, int& verbosity);
 void register_bench(CLI::App& app, int& verbosity);
 void register_calibrate(CLI::App& app, int& verbosity);
 void register_perplexity(CLI::App& app, int& verbosity);
+void register_analyze(CLI::App& app, int& verbosity);
 }  // namespace million::cli
 
 int main(int argc, char** argv) {
@@ -24,6 +25,7 @@ int main(int argc, char** argv) {
   million::cli::register_bench(app, verbosity);
   million::cli::register_calibrate(app, verbosity);
   million::cli::register_perplexity(app, verbosity);
+  million::cli::register_analyze(app, verbosity);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
