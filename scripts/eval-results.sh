@@ -12,7 +12,8 @@
 #   gutenberg-4096   gutenberg-23m, held-out books (eval-tokens/heldout_eval.bin), ctx 4096
 #   gutenberg-wiki   gutenberg-23m, WikiText-2 test, ctx 1024
 #   smollm2-wiki     SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh), WikiText-2 test, ctx 1024
-# Environment: WINDOWS_4096 (default 8), WINDOWS_1024 (default 16), PREFILL (64),
+# Environment: WINDOWS_4096 (default 8), WINDOWS_1024 (default 16), PREFILL (64), SMOL_ONLY /
+#   GUT_WIKI_ONLY (run only these row labels in that section, e.g. "f16 q4_0 pq-norm-4bit"),
 #   WORK (default /tmp/million-eval; codebooks and logits are reused from there), THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,19 +41,21 @@ calib() {  # model, out name, calibrate options...
 # The PQ variants (name, calibrate options). pq-norm: Hadamard rotation, keys min/max-normalised
 # per channel over groups of 128 tokens, values divided by their per-token norm, per-(layer, kv
 # head) codebooks (docs/pq-research.md).
+# M4 / M2: subspaces for 4 / 2 bits per element with 8-bit codes (head_dim / 2, head_dim / 4).
 PQ_VARIANTS=(
-  "pq-paper-4bit|--granularity shared --rotation none --k pq:M=64,nbits=8 --v pq:M=64,nbits=8|pq-paper"
-  "pq-paper-2bit|--granularity shared --rotation none --k pq:M=32,nbits=8 --v pq:M=32,nbits=8|pq-paper"
-  "pq-head-hadamard-4bit|--granularity layer-head --rotation hadamard --k pq:M=64,nbits=8 --v pq:M=64,nbits=8|pq"
-  "pq-head-hadamard-2bit|--granularity layer-head --rotation hadamard --k pq:M=32,nbits=8 --v pq:M=32,nbits=8|pq"
-  "pq-norm-4bit|--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token --k pq:M=64,nbits=8 --v pq:M=64,nbits=8|pq"
-  "pq-norm-2bit|--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token --k pq:M=32,nbits=8 --v pq:M=32,nbits=8|pq"
+  "pq-paper-4bit|--granularity shared --rotation none --k-norm none --v-norm none --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq-paper"
+  "pq-paper-2bit|--granularity shared --rotation none --k-norm none --v-norm none --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq-paper"
+  "pq-head-hadamard-4bit|--granularity layer-head --rotation hadamard --k-norm none --v-norm none --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq"
+  "pq-head-hadamard-2bit|--granularity layer-head --rotation hadamard --k-norm none --v-norm none --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq"
+  "pq-norm-4bit|--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq"
+  "pq-norm-2bit|--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq"
 )
 BASELINES=(q8_0 q4_0 q4_0-hadamard kivi-4:group=32 kivi-4:group=128 kivi-2:group=32 kivi-2:group=128)
+# A section may run a subset (ONLY: space-separated labels; empty = all).
 
-# section, model, source options (--tokens/--text), ctx, windows, calibrate options
+# section, model, source options (--tokens/--text), ctx, windows, head_dim, calibrate options, ONLY
 evaluate() {
-  local sec=$1 model=$2 src=$3 ctx=$4 windows=$5 copts=$6
+  local sec=$1 model=$2 src=$3 ctx=$4 windows=$5 hd=$6 copts=$7 only=$8
   local dir=$WORK/$sec
   mkdir -p "$dir"
   echo "== $sec"
@@ -66,6 +69,7 @@ evaluate() {
     local label=$1 mode=$2
     shift 2
     [ -f "$dir/run-$mode-$label.json" ] && return
+    if [ -n "$only" ] && [[ " $only " != *" $label "* ]]; then return; fi
     echo "$label ($mode)"
     $M perplexity "${common[@]}" --kl-base "$dir/base.logits" "$@" >"$dir/run-$mode-$label.json.tmp"
     mv "$dir/run-$mode-$label.json.tmp" "$dir/run-$mode-$label.json"
@@ -80,6 +84,9 @@ evaluate() {
     done
     for v in "${PQ_VARIANTS[@]}"; do
       IFS='|' read -r label cal kv <<<"$v"
+      if [ -n "$only" ] && [[ " $only " != *" $label "* ]]; then continue; fi
+      cal=${cal//M4/$((hd / 2))}
+      cal=${cal//M2/$((hd / 4))}
       # shellcheck disable=SC2086
       calib "$model" "$(basename "$model")-$label" $cal $copts
       run "$label" "$mode" --kv "$kv$sep" --codebook "$WORK/$(basename "$model")-$label.cb"
@@ -89,11 +96,13 @@ evaluate() {
 
 for sec in $SECTIONS; do
   case $sec in
-    gutenberg-4096) evaluate "$sec" "$GUT" "--tokens $GUT/eval-tokens/heldout_eval.bin" 4096 "${WINDOWS_4096:-8}" "" ;;
-    gutenberg-wiki) evaluate "$sec" "$GUT" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" "" ;;
+    gutenberg-4096)
+      evaluate "$sec" "$GUT" "--tokens $GUT/eval-tokens/heldout_eval.bin" 4096 "${WINDOWS_4096:-8}" 128 "" "" ;;
+    gutenberg-wiki)
+      evaluate "$sec" "$GUT" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" 128 "" "${GUT_WIKI_ONLY:-}" ;;
     smollm2-wiki)
       if [ ! -f "$SMOL" ]; then bash scripts/fetch-smollm2.sh || { echo "skipping $sec: no SmolLM2"; continue; }; fi
-      evaluate "$sec" "$SMOL" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" "--max-tokens 16384" ;;
+      evaluate "$sec" "$SMOL" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" 64 "--max-tokens 16384" "${SMOL_ONLY:-}" ;;
     *) echo "eval-results: unknown section $sec"; exit 2 ;;
   esac
 done

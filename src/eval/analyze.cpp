@@ -81,7 +81,7 @@ ErrorSum store_error(Store& store, const Reservoir& runs, int n_kv_heads, int he
 std::unique_ptr<KeyStore> make_key_store(const std::string& method, int layer, const KVCacheShape& shape,
                                          std::int64_t capacity, const std::shared_ptr<const CodebookSet>& cbs) {
   if (method == "kivi-4" || method == "kivi-2") {
-    return make_kivi_key_store(method == "kivi-4" ? 4 : 2, kRunTokens, shape.n_kv_heads, shape.head_dim, capacity);
+    return make_kivi_key_store(method == "kivi-4" ? 4 : 2, kKiviGroup, shape.n_kv_heads, shape.head_dim, capacity);
   }
   if (method == "pq") {
     std::vector<const PQCodebook*> books;
@@ -94,7 +94,7 @@ std::unique_ptr<KeyStore> make_key_store(const std::string& method, int layer, c
 std::unique_ptr<ValueStore> make_value_store(const std::string& method, int layer, const KVCacheShape& shape,
                                              std::int64_t capacity, const std::shared_ptr<const CodebookSet>& cbs) {
   if (method == "kivi-4" || method == "kivi-2") {
-    return make_kivi_value_store(method == "kivi-4" ? 4 : 2, kRunTokens, shape.n_kv_heads, shape.head_dim, capacity);
+    return make_kivi_value_store(method == "kivi-4" ? 4 : 2, kKiviGroup, shape.n_kv_heads, shape.head_dim, capacity);
   }
   if (method == "pq") {
     std::vector<const PQCodebook*> books;

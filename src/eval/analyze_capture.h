@@ -26,7 +26,10 @@ constexpr int kAnalyzeKinds = 3;
 const char* analyze_kind_name(AnalyzeKind kind);
 
 /// Tokens per sampled run: KIVI's default key group (32 tokens), so one run is one group.
-constexpr int kRunTokens = 32;
+// 128: one channel-group of the normalised PQ codebooks (pq/normalize.h), four KIVI key groups.
+constexpr int kRunTokens = 128;
+/// KIVI's group (tokens for keys, channels for values) in the analysis: its default, 32.
+constexpr int kKiviGroup = 32;
 
 class AnalysisCapture final : public KVCache {
  public:

@@ -314,7 +314,8 @@ void write_analysis_report(const std::string& dir, const AnalysisResult& r, cons
            "heads of a layer, x^ = the variant's store decode(append(x)); `errors.csv` also has its square root "
            "(what `million calibrate` prints). Every sampled vector is coded: the exact window and sinks the caches "
            "keep by default are not modelled (stress mode, `window=0`).\n");
-  md.print("- KIVI keys are quantized per channel over groups of 32 consecutive tokens: each sampled run is one group. "
+  md.print("- KIVI keys are quantized per channel over groups of 32 consecutive tokens (four per sampled run); a "
+           "normalised `pq` codebook's channel-groups of 128 tokens are one run each. "
            "Pre-RoPE keys (`k_pre`) are not what the caches store (they store post-RoPE keys); their errors show what "
            "the same quantizer would do before the rotation.\n");
   if (!info.codebook.empty()) {

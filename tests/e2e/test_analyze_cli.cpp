@@ -109,7 +109,7 @@ TEST(AnalyzeCli, Stories260KWritesReportCsvsAndPlots) {
   const std::string text = story_text(dir);
   const std::string model = "models/stories260K/stories260K.bin";
   Result r = run("calibrate -m " + model + " --text " + text + " --out " + dir +
-                 "/s.cb --k pq:M=4,nbits=4 --v pq:M=4,nbits=4 --samples 256 --ctx 128 -q");
+                 "/s.cb --k pq:M=4,nbits=4 --v pq:M=4,nbits=4 --rotation none --k-norm none --v-norm none --samples 256 --ctx 128 -q");
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string out = dir + "/analysis";
   r = run("analyze -m " + model + " --text " + text + " --codebook " + dir + "/s.cb --ctx 128 --samples 512 -o " + out +
@@ -178,7 +178,7 @@ TEST(AnalyzeCli, WithoutGnuplotStillWritesReportAndCsvs) {
   const std::string dir = test::temp_dir();
   const std::string out = dir + "/a";
   const Result r = run("analyze -m models/stories260K/stories260K.bin --text " + story_text(dir) +
-                       " --ctx 64 --samples 64 --gnuplot /nonexistent/gnuplot -o " + out + " -q");
+                       " --ctx 128 --samples 128 --gnuplot /nonexistent/gnuplot -o " + out + " -q");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_HAS(r.err, "plots skipped: '/nonexistent/gnuplot' was not found");
   EXPECT_HAS(test::slurp(out + "/report.md"), "Plots skipped: '/nonexistent/gnuplot' was not found");

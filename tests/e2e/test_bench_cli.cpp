@@ -200,7 +200,7 @@ TEST(BenchCli, ModelFillWithinTheTrainedContextAndDecodeOnly) {
 TEST(BenchCli, PqCacheWithACalibratedCodebook) {
   const std::string cb = test::temp_dir() + "/stories.cb";
   Result r = run("calibrate -m models/stories260K/stories260K.bin --text models/stories260K/README.md --out " + cb +
-                 " --k pq:M=4,nbits=4 --v pq:M=4,nbits=4 --samples 256 --ctx 128 -q");
+                 " --k pq:M=4,nbits=4 --v pq:M=4,nbits=4 --rotation none --k-norm none --v-norm none --samples 256 --ctx 128 -q");
   ASSERT_EQ(r.code, 0) << r.err;
   r = run("bench -d 0,1024 -t 1 -p 16 -n 4 -r 1 --kv pq pq:window=0 --codebook " + cb + " -o csv -q");
   ASSERT_EQ(r.code, 0) << r.err;

@@ -209,6 +209,14 @@ class KiviKeyStore final : public KeyStore {
     }
   }
 
+  // Batched queries (kv_store.h): KIVI scores and sums work in the original space.
+  bool decodes_in_score_space() const override { return true; }
+  void decode_score_space(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const override {
+    decode(kv_head, t0, t1, out);
+  }
+  const float* prepared_vectors(const PreparedQueries& prep) const override {
+    return static_cast<const KiviPreparedQueries&>(prep).q.data();
+  }
   double bits_per_element() const override { return bits_ + 32.0 / group_; }
 
  private:
@@ -311,6 +319,10 @@ class KiviValueStore final : public ValueStore {
     for (std::int64_t t = t0; t < t1; ++t) decode_row(kv_head, t, out + (t - t0) * head_dim_);
   }
 
+  bool decodes_in_accumulator_space() const override { return true; }
+  void decode_accumulator_space(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const override {
+    decode(kv_head, t0, t1, out);
+  }
   double bits_per_element() const override { return bits_ + 32.0 / group_; }
 
  private:

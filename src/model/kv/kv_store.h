@@ -46,6 +46,21 @@ class KeyStore {
                       std::int64_t ld, SimdLevel level) const = 0;
   /// The stored (decoded) keys of tokens [t0, t1): out [t1 - t0, head_dim] (tests, references).
   virtual void decode(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const = 0;
+
+  // Batched queries (a prefill chunk): a store whose scores are dot products of prepared query
+  // vectors with decodable key vectors can decode a tile once for all queries instead of each
+  // query decoding it again. Such a store returns true here and implements the two below.
+  virtual bool decodes_in_score_space() const { return false; }
+  /// out [t1 - t0, head_dim]: keys in the space prepare() maps queries into (PQ: rotated), so
+  /// scores(...) = prepared_vectors(prep)[j] . out[t] up to float rounding.
+  virtual void decode_score_space(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const {
+    (void)kv_head, (void)t0, (void)t1, (void)out;
+  }
+  /// The G prepared query vectors [G, head_dim] in that space.
+  virtual const float* prepared_vectors(const PreparedQueries& prep) const {
+    (void)prep;
+    return nullptr;
+  }
   /// Bits per stored element with every overhead (scales, codes; codebooks not counted).
   virtual double bits_per_element() const = 0;
 };
@@ -69,6 +84,14 @@ class ValueStore {
   virtual void finish(int kv_head, const float* acc, int G, float* out, SimdLevel level) const = 0;
   virtual void decode(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const = 0;
   virtual double bits_per_element() const = 0;
+
+  // Batched queries (see KeyStore): a store whose accumulator is [G, head_dim] sums of decodable
+  // vectors returns true and decodes tiles in the accumulator's space (PQ: rotated), so that
+  // accumulate(...) = sum_t p_t out[t] up to float rounding; finish() maps the sum back.
+  virtual bool decodes_in_accumulator_space() const { return false; }
+  virtual void decode_accumulator_space(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const {
+    (void)kv_head, (void)t0, (void)t1, (void)out;
+  }
 };
 
 }  // namespace million

@@ -104,7 +104,8 @@ void PQCodes::encode_head(int h, const float* x, int n, std::uint16_t* params, s
   book(h).encoder->encode(u.data(), n, codes, active_simd_level());
 }
 
-void PQCodes::decode_head(int h, const std::uint8_t* codes, const std::uint16_t* params, int n, float* out) const {
+void PQCodes::decode_head(int h, const std::uint8_t* codes, const std::uint16_t* params, int n, float* out,
+                          bool unrotate) const {
   const int d = head_dim_;
   const PQCodebook& cb = codebook(h);
   std::vector<float> u(static_cast<std::size_t>(n) * d);
@@ -122,7 +123,7 @@ void PQCodes::decode_head(int h, const std::uint8_t* codes, const std::uint16_t*
     }
     channel_group_denormalize(u.data(), n, d, mn.data(), rg.data(), u.data());
   }
-  if (cb.rotation != RotationKind::kNone) {
+  if (unrotate && cb.rotation != RotationKind::kNone) {
     unrotate_vectors(cb.rotation_matrix, d, u.data(), n, out);
   } else {
     std::copy(u.begin(), u.end(), out);
@@ -191,7 +192,7 @@ void PQCodes::group_params(int h, std::int64_t g, float* mn, float* rg) const {
   }
 }
 
-void PQCodes::decode(int h, std::int64_t t0, std::int64_t t1, float* out) const {
+void PQCodes::decode(int h, std::int64_t t0, std::int64_t t1, float* out, bool unrotate) const {
   const std::int64_t n = t1 - t0;
   std::vector<std::uint8_t> tok(static_cast<std::size_t>(n) * M_);  // back to token-major
   for (std::int64_t t = 0; t < n; ++t) {
@@ -199,13 +200,14 @@ void PQCodes::decode(int h, std::int64_t t0, std::int64_t t1, float* out) const 
   }
   const auto& par = params_[static_cast<std::size_t>(h)];
   if (norm_ != VectorNorm::kChannelGroup) {
-    decode_head(h, tok.data(), norm_ == VectorNorm::kToken ? par.data() + t0 : nullptr, static_cast<int>(n), out);
+    decode_head(h, tok.data(), norm_ == VectorNorm::kToken ? par.data() + t0 : nullptr, static_cast<int>(n), out,
+                unrotate);
     return;
   }
   for (std::int64_t a = t0; a < t1;) {  // piece by piece along group boundaries
     const std::int64_t g = a / group_, b = std::min(t1, (g + 1) * group_);
     decode_head(h, tok.data() + (a - t0) * M_, par.data() + g * 2 * head_dim_, static_cast<int>(b - a),
-                out + (a - t0) * head_dim_);
+                out + (a - t0) * head_dim_, unrotate);
     a = b;
   }
 }
@@ -237,6 +239,10 @@ void over_blocks(std::int64_t t0, std::int64_t t1, Whole&& whole, Edge&& edge) {
 }  // namespace
 
 void PQKeyStore::append(const float* x, int n) { codes_.append(x, n); }
+
+const float* PQKeyStore::prepared_vectors(const PreparedQueries& prep) const {
+  return static_cast<const PQQueries&>(prep).q.data();
+}
 
 std::unique_ptr<PreparedQueries> PQKeyStore::prepare(int kv_head, const float* q, int G, SimdLevel) const {
   const PQCodebook& cb = codes_.codebook(kv_head);

@@ -71,8 +71,9 @@ class PQCodes {
   int M() const { return M_; }
   int head_dim() const { return head_dim_; }
   double bits_per_element() const { return 8.0 * M_ / head_dim_ + vector_norm_bits(norm_, head_dim_, group_); }
-  /// Decoded tokens [t0, t1) of head h in the original (unrotated) space: out [t1 - t0, head_dim].
-  void decode(int h, std::int64_t t0, std::int64_t t1, float* out) const;
+  /// Decoded tokens [t0, t1) of head h: out [t1 - t0, head_dim], in the original space, or with
+  /// unrotate = false in the codebook's rotated space (denormalised either way).
+  void decode(int h, std::int64_t t0, std::int64_t t1, float* out, bool unrotate = true) const;
 
  private:
   struct Book {
@@ -87,7 +88,8 @@ class PQCodes {
   // params as stored: token [n] or channel-group [2, d] (the n tokens form one group).
   void encode_head(int h, const float* x, int n, std::uint16_t* params, std::uint8_t* codes) const;
   // codes [n, M] -> normalised centroids -> denormalised -> unrotated, params as above.
-  void decode_head(int h, const std::uint8_t* codes, const std::uint16_t* params, int n, float* out) const;
+  void decode_head(int h, const std::uint8_t* codes, const std::uint16_t* params, int n, float* out,
+                   bool unrotate = true) const;
 
   std::shared_ptr<const CodebookSet> owner_;
   std::vector<Book> books_;
@@ -116,6 +118,11 @@ class PQKeyStore final : public KeyStore {
   void decode(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const override {
     codes_.decode(kv_head, t0, t1, out);
   }
+  bool decodes_in_score_space() const override { return true; }
+  void decode_score_space(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const override {
+    codes_.decode(kv_head, t0, t1, out, false);
+  }
+  const float* prepared_vectors(const PreparedQueries& prep) const override;
   double bits_per_element() const override { return codes_.bits_per_element(); }
 
  private:
@@ -141,6 +148,10 @@ class PQValueStore final : public ValueStore {
   void finish(int kv_head, const float* acc, int G, float* out, SimdLevel level) const override;
   void decode(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const override {
     codes_.decode(kv_head, t0, t1, out);
+  }
+  bool decodes_in_accumulator_space() const override { return true; }
+  void decode_accumulator_space(int kv_head, std::int64_t t0, std::int64_t t1, float* out) const override {
+    codes_.decode(kv_head, t0, t1, out, false);
   }
   double bits_per_element() const override { return codes_.bits_per_element(); }
 

@@ -273,16 +273,28 @@ void QuantizedKVCache::attend(int layer, std::int64_t pos0, int n, const float* 
 
   // Query i sees n_sink sink tokens, coded tokens [0, n_coded) and window tokens [0, n_win).
   auto coded_seen = [&](int i) { return std::clamp<std::int64_t>(pos0 + i + 1 - opt_.sinks, 0, coded); };
+  // Several queries (a prefill chunk) with stores that can decode tiles in their own space:
+  // each coded tile is decoded once for all queries ("batched"), instead of every query
+  // decoding it again inside the stores' kernels (the single-query decode path).
+  const bool batched = n > 1 && L.keys->decodes_in_score_space() && L.values->decodes_in_accumulator_space() &&
+                       acc_floats == static_cast<std::int64_t>(G) * d;
   // Work items: (query, kv head, split of the coded range); split 0 also takes the exact tokens.
-  // Splits only when there are fewer (query, kv head) pairs than threads want.
+  // Splits only when there are fewer (query, kv head) pairs than threads want. Batched: items
+  // are (kv head, split), each running every query over its tiles.
   const std::int64_t pairs = static_cast<std::int64_t>(n) * H;
   const int threads = omp_get_max_threads();
-  std::int64_t n_splits = std::max<std::int64_t>(1, (4 * threads + pairs - 1) / pairs);
-  n_splits = std::min(n_splits, std::max<std::int64_t>(1, coded_seen(0) / kMinSplitTokens));
-  const std::int64_t n_items = pairs * n_splits;
+  const std::int64_t coded_tiles = (coded_seen(n - 1) + kTileTokens - 1) / kTileTokens;
+  std::int64_t n_splits;
+  if (batched) {
+    n_splits = std::clamp<std::int64_t>((2 * threads + H - 1) / H, 1, std::max<std::int64_t>(1, coded_tiles));
+  } else {
+    n_splits = std::max<std::int64_t>(1, (4 * threads + pairs - 1) / pairs);
+    n_splits = std::min(n_splits, std::max<std::int64_t>(1, coded_seen(0) / kMinSplitTokens));
+  }
+  const std::int64_t n_items = batched ? H * n_splits : pairs * n_splits;
 
   std::vector<std::unique_ptr<PreparedQueries>> prepared(static_cast<std::size_t>(pairs));
-  std::vector<ItemState> states(static_cast<std::size_t>(n_items));
+  std::vector<ItemState> states(static_cast<std::size_t>(pairs * n_splits));
 
 #pragma omp parallel
   {
@@ -296,62 +308,98 @@ void QuantizedKVCache::attend(int layer, std::int64_t pos0, int n, const float* 
     }
 
     std::vector<float> s(static_cast<std::size_t>(G) * kTileTokens);
-#pragma omp for schedule(dynamic, 1)
-    for (std::int64_t item = 0; item < n_items; ++item) {
-      const std::int64_t pair = item / n_splits, split = item % n_splits;
-      const int i = static_cast<int>(pair / H), g = static_cast<int>(pair % H);
+    std::vector<float> tile_k, tile_v;  // batched: one decoded tile [kTileTokens, d] of K and V
+
+    // One tile of nt scores per head in s[j * ld]: fold into the running softmax state, then
+    // weight the tile's values (`accumulate` gets the probabilities).
+    auto fold = [&](ItemState& st, std::int64_t nt, std::int64_t ld, auto&& accumulate) {
+      for (int j = 0; j < G; ++j) {
+        float* sj = s.data() + j * ld;
+        for (std::int64_t t = 0; t < nt; ++t) sj[t] *= scale;
+        const float m_new = std::max(st.max[static_cast<std::size_t>(j)], tk.max(sj, nt));
+        const float m_old = st.max[static_cast<std::size_t>(j)];
+        if (m_new > m_old && st.sum[static_cast<std::size_t>(j)] > 0.0f) {
+          const float w = std::exp(m_old - m_new);
+          st.sum[static_cast<std::size_t>(j)] *= w;
+          const std::int64_t per_head = acc_floats / G;
+          for (std::int64_t c = 0; c < per_head; ++c) st.coded[static_cast<std::size_t>(j * per_head + c)] *= w;
+          for (int c = 0; c < d; ++c) st.exact[static_cast<std::size_t>(j * d + c)] *= w;
+        }
+        st.max[static_cast<std::size_t>(j)] = m_new;
+        st.sum[static_cast<std::size_t>(j)] += tk.exp_sum(sj, nt, m_new);
+      }
+      accumulate();
+    };
+    // Sinks and window (exact f32 rows, or their stress-mode roundtrip) for query i, head g.
+    auto exact_part = [&](ItemState& st, int i, int g) {
       const std::int64_t p = pos0 + i;
       const float* qg = q + (static_cast<std::int64_t>(i) * shape_.n_heads + static_cast<std::int64_t>(g) * G) * d;
-      ItemState& st = states[static_cast<std::size_t>(item)];
-      st.reset(G, acc_floats, d);
-
-      // One tile of nt scores per head in s[j * ld]: fold into the running softmax state, then
-      // weight the tile's values (`accumulate` gets the probabilities).
-      auto fold = [&](std::int64_t nt, std::int64_t ld, auto&& accumulate) {
-        for (int j = 0; j < G; ++j) {
-          float* sj = s.data() + j * ld;
-          for (std::int64_t t = 0; t < nt; ++t) sj[t] *= scale;
-          const float m_new = std::max(st.max[static_cast<std::size_t>(j)], tk.max(sj, nt));
-          const float m_old = st.max[static_cast<std::size_t>(j)];
-          if (m_new > m_old && st.sum[static_cast<std::size_t>(j)] > 0.0f) {
-            const float w = std::exp(m_old - m_new);
-            st.sum[static_cast<std::size_t>(j)] *= w;
-            const std::int64_t per_head = acc_floats / G;
-            for (std::int64_t c = 0; c < per_head; ++c) st.coded[static_cast<std::size_t>(j * per_head + c)] *= w;
-            for (int c = 0; c < d; ++c) st.exact[static_cast<std::size_t>(j * d + c)] *= w;
-          }
-          st.max[static_cast<std::size_t>(j)] = m_new;
-          st.sum[static_cast<std::size_t>(j)] += tk.exp_sum(sj, nt, m_new);
+      const std::int64_t n_sink = std::min(sinks_held, p + 1);
+      const std::int64_t n_win = std::max<std::int64_t>(0, std::min(L.appended, p + 1) - L.exact_begin);
+      auto exact_rows = [&](const std::vector<float>& keys, const std::vector<float>& values, std::int64_t count) {
+        for (std::int64_t t0 = 0; t0 < count; t0 += kTileTokens) {
+          const int nt = static_cast<int>(std::min(kTileTokens, count - t0));
+          const float* kr = keys.data() + t0 * r + static_cast<std::int64_t>(g) * d;
+          const float* vr = values.data() + t0 * r + static_cast<std::int64_t>(g) * d;
+          tk.dot_rows_f32(qg, G, d, kr, r, nt, s.data(), nt);
+          fold(st, nt, nt, [&] { tk.axpy_rows_f32(s.data(), nt, G, d, vr, r, nt, st.exact.data()); });
         }
-        accumulate();
       };
+      exact_rows(L.sink_k, L.sink_v, n_sink);
+      exact_rows(win_k, win_v, n_win);
+    };
 
-      if (split == 0) {  // sinks and window, exact f32 rows
-        const std::int64_t n_sink = std::min(sinks_held, p + 1);
-        const std::int64_t n_win = std::max<std::int64_t>(0, std::min(L.appended, p + 1) - L.exact_begin);
-        auto exact_rows = [&](const std::vector<float>& keys, const std::vector<float>& values, std::int64_t count) {
-          for (std::int64_t t0 = 0; t0 < count; t0 += kTileTokens) {
-            const int nt = static_cast<int>(std::min(kTileTokens, count - t0));
-            const float* kr = keys.data() + t0 * r + static_cast<std::int64_t>(g) * d;
-            const float* vr = values.data() + t0 * r + static_cast<std::int64_t>(g) * d;
-            tk.dot_rows_f32(qg, G, d, kr, r, nt, s.data(), nt);
-            fold(nt, nt, [&] { tk.axpy_rows_f32(s.data(), nt, G, d, vr, r, nt, st.exact.data()); });
-          }
-        };
-        exact_rows(L.sink_k, L.sink_v, n_sink);
-        exact_rows(win_k, win_v, n_win);
-      }
-      const std::int64_t n_coded = coded_seen(i);
-      if (n_coded > 0) {
-        // Split boundaries on whole tiles so stores see aligned ranges.
-        const std::int64_t tiles = (n_coded + kTileTokens - 1) / kTileTokens;
-        const std::int64_t c0 = std::min(n_coded, tiles * split / n_splits * kTileTokens);
-        const std::int64_t c1 = std::min(n_coded, tiles * (split + 1) / n_splits * kTileTokens);
-        const PreparedQueries& prep = *prepared[static_cast<std::size_t>(pair)];
+    if (batched) {
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t item = 0; item < n_items; ++item) {
+        const int g = static_cast<int>(item / n_splits);
+        const std::int64_t split = item % n_splits;
+        for (int i = 0; i < n; ++i) {
+          ItemState& st = states[static_cast<std::size_t>((static_cast<std::int64_t>(i) * H + g) * n_splits + split)];
+          st.reset(G, acc_floats, d);
+          if (split == 0) exact_part(st, i, g);
+        }
+        const std::int64_t c_max = coded_seen(n - 1);
+        const std::int64_t c0 = std::min(c_max, coded_tiles * split / n_splits * kTileTokens);
+        const std::int64_t c1 = std::min(c_max, coded_tiles * (split + 1) / n_splits * kTileTokens);
+        tile_k.resize(static_cast<std::size_t>(kTileTokens * d));
+        tile_v.resize(tile_k.size());
         for (std::int64_t t0 = c0; t0 < c1; t0 += kTileTokens) {
-          const std::int64_t t1 = std::min(c1, t0 + kTileTokens), nt = t1 - t0;
-          L.keys->scores(g, prep, t0, t1, s.data(), nt, level);
-          fold(nt, nt, [&] { L.values->accumulate(g, s.data(), nt, G, t0, t1, st.coded.data(), level); });
+          const std::int64_t t1 = std::min(c1, t0 + kTileTokens);
+          L.keys->decode_score_space(g, t0, t1, tile_k.data());
+          L.values->decode_accumulator_space(g, t0, t1, tile_v.data());
+          for (int i = 0; i < n; ++i) {
+            const std::int64_t nt = std::min(t1, coded_seen(i)) - t0;
+            if (nt <= 0) continue;
+            const std::int64_t pair = static_cast<std::int64_t>(i) * H + g;
+            ItemState& st = states[static_cast<std::size_t>(pair * n_splits + split)];
+            const float* qv = L.keys->prepared_vectors(*prepared[static_cast<std::size_t>(pair)]);
+            const int nti = static_cast<int>(nt);
+            tk.dot_rows_f32(qv, G, d, tile_k.data(), d, nti, s.data(), nti);
+            fold(st, nt, nt, [&] { tk.axpy_rows_f32(s.data(), nti, G, d, tile_v.data(), d, nti, st.coded.data()); });
+          }
+        }
+      }
+    } else {
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t item = 0; item < n_items; ++item) {
+        const std::int64_t pair = item / n_splits, split = item % n_splits;
+        const int i = static_cast<int>(pair / H), g = static_cast<int>(pair % H);
+        ItemState& st = states[static_cast<std::size_t>(item)];
+        st.reset(G, acc_floats, d);
+        if (split == 0) exact_part(st, i, g);
+        const std::int64_t n_coded = coded_seen(i);
+        if (n_coded > 0) {
+          // Split boundaries on whole tiles so stores see aligned ranges.
+          const std::int64_t tiles = (n_coded + kTileTokens - 1) / kTileTokens;
+          const std::int64_t c0 = std::min(n_coded, tiles * split / n_splits * kTileTokens);
+          const std::int64_t c1 = std::min(n_coded, tiles * (split + 1) / n_splits * kTileTokens);
+          const PreparedQueries& prep = *prepared[static_cast<std::size_t>(pair)];
+          for (std::int64_t t0 = c0; t0 < c1; t0 += kTileTokens) {
+            const std::int64_t t1 = std::min(c1, t0 + kTileTokens), nt = t1 - t0;
+            L.keys->scores(g, prep, t0, t1, s.data(), nt, level);
+            fold(st, nt, nt, [&] { L.values->accumulate(g, s.data(), nt, G, t0, t1, st.coded.data(), level); });
+          }
         }
       }
     }
