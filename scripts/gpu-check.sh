@@ -22,6 +22,7 @@ echo "== tests =="
 ./build-cuda/src/backends/cuda/test_cuda_attention >"$OUT/test.log" 2>&1
 test_rc=$?
 grep -E "^\[  (PASSED|FAILED) |FAILED|Failure|error" "$OUT/test.log" | head -30
+grep -E "worst" "$OUT/test.log"
 echo "== benchmark =="
 if [ $quick = 1 ]; then
   ./build-cuda/src/backends/cuda/bench_cuda_attention --reps 10 --batches 1 --contexts 32768,131072 --out "$OUT/bench-cuda.md" >"$OUT/bench.log" 2>&1

@@ -3,9 +3,12 @@
 // 1M; our dense fp16 kernel and the PQ kernel at 4 bits (M = 64) and 2 bits (M = 32), beside
 // the card's device-to-device copy bandwidth measured in the same run. Caches are filled with
 // random values (no prefill). Bytes counted: K and V read once (codes for PQ; the 64 KiB
-// codebooks per kv head are not counted). Median of --reps timed runs (CUDA events) after
+// codebooks per kv head are not counted). pq-norm: the normalised codebooks of the default
+// candidate, keys channel-group (128 tokens) + values token norms (CUDA cores; bytes: codes +
+// f16 norms + f16 group min / range). Median of --reps timed runs (CUDA events) after
 // warm-up. Prints a markdown table and writes it to --out.
 //   bench_cuda_attention [--out FILE] [--reps N] [--batches 1,8] [--contexts 4096,...]
+//                        [--norm-parts 1]   (also pq-norm 4-bit with one normalisation at a time)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -74,6 +77,7 @@ double median_us(F&& run, int reps) {
 int main(int argc, char** argv) {
   std::string out_path;
   int reps = 20;
+  bool norm_parts = false;
   std::vector<long long> batches{1, 8}, contexts{4096, 32768, 131072, 524288, 1048576};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -81,6 +85,7 @@ int main(int argc, char** argv) {
     else if (k == "--reps") reps = std::stoi(v);
     else if (k == "--batches") batches = parse_list(v);
     else if (k == "--contexts") contexts = parse_list(v);
+    else if (k == "--norm-parts") norm_parts = v == "1";
   }
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
@@ -110,6 +115,7 @@ int main(int argc, char** argv) {
   md << "|---|---:|---:|---:|---:|---:|---:|\n";
 
   const int H = 32, Hkv = 8, D = 128;
+  constexpr std::int64_t kNormGroup = 128;
   for (long long B : batches) {
     for (long long T : contexts) {
       const DecodeShape s{static_cast<int>(B), H, Hkv, D, T, T};
@@ -173,6 +179,50 @@ int main(int argc, char** argv) {
                                    (tc ? ", tensor cores" : ", CUDA cores");
           row(name, median_us([&] { pq_decode_attention(a, ws.get(), splits, nullptr); }, reps),
               2.0 * static_cast<double>(code_bytes));
+        }
+        // pq-norm: keys channel-group (128 tokens: f16 min + range per channel), values token
+        // norms (f16 per token), CUDA cores. Bytes: codes + norms + group parameters.
+        const std::int64_t n_groups = (T + kNormGroup - 1) / kNormGroup;
+        const std::size_t norm_bytes = static_cast<std::size_t>(B) * Hkv * T * 2;
+        const std::size_t group_bytes = static_cast<std::size_t>(B) * Hkv * n_groups * 2 * D * 2;
+        Bytes vn(norm_bytes), kg(group_bytes);
+        fill(vn.get(), vn.bytes(), halves);
+        fill(kg.get(), kg.bytes(), halves);
+        a.tensor_cores = false;
+        a.k_group_params = kg.get();
+        a.v_token_norm = vn.get();
+        a.norm_group = kNormGroup;
+        row(std::string(M == 64 ? "pq-norm 4-bit (M=64)" : "pq-norm 2-bit (M=32)") + ", CUDA cores",
+            median_us([&] { pq_decode_attention(a, ws.get(), splits, nullptr); }, reps),
+            2.0 * static_cast<double>(code_bytes) + static_cast<double>(norm_bytes + group_bytes));
+        if (M == 64) {  // the other value normalisation: channel-groups on both sides
+          Bytes vg(group_bytes);
+          fill(vg.get(), vg.bytes(), halves);
+          a.v_token_norm = nullptr;
+          a.v_group_params = vg.get();
+          row("pq-norm 4-bit (M=64), K+V channel-group, CUDA cores",
+              median_us([&] { pq_decode_attention(a, ws.get(), splits, nullptr); }, reps),
+              2.0 * static_cast<double>(code_bytes + group_bytes));
+          if (norm_parts) {  // one normalisation at a time: what each costs
+            struct Part {
+              const char* name;
+              const void *kn, *vn, *kg, *vg;
+              std::size_t extra;
+            };
+            const Part parts[] = {{"K token", vn.get(), nullptr, nullptr, nullptr, norm_bytes},
+                                  {"K channel-group", nullptr, nullptr, kg.get(), nullptr, group_bytes},
+                                  {"V token", nullptr, vn.get(), nullptr, nullptr, norm_bytes},
+                                  {"V channel-group", nullptr, nullptr, nullptr, vg.get(), group_bytes}};
+            for (const Part& part : parts) {
+              a.k_token_norm = part.kn;
+              a.v_token_norm = part.vn;
+              a.k_group_params = part.kg;
+              a.v_group_params = part.vg;
+              row(std::string("pq-norm 4-bit (M=64), ") + part.name + " only, CUDA cores",
+                  median_us([&] { pq_decode_attention(a, ws.get(), splits, nullptr); }, reps),
+                  2.0 * static_cast<double>(code_bytes) + static_cast<double>(part.extra));
+            }
+          }
         }
       }
     }

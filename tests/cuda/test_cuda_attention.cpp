@@ -8,9 +8,12 @@
 // codebooks. Bound: relative max-abs error <= 2e-5 of the output scale (f32 sums in another
 // order, __expf) for the CUDA-core kernels, 4e-3 for the PQ tensor-core kernel (fp16 Q and
 // probabilities). Outputs start as NaN and sit between guard regions that must stay intact.
+// Normalised codebooks (token norms, channel-groups of 64-1024 tokens, K and V each) against
+// the same reference over K/V denormalised on the host with the f16 parameters.
 #include <cuda_fp16.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -251,6 +254,151 @@ TEST(CudaDecodeAttention, PQEqualsDenseAttentionOverDecodedKV) {
   std::printf("PQ worst relative error: CUDA cores %.3g, tensor cores %.3g\n", worst_f32, worst_tc);
 }
 
+// Normalised codebooks (PQDecodeArgs' token norms / channel-group parameters): the kernel
+// against dense attention over K/V decoded on the host as the CPU store does (centroid, then
+// norm * u or min + range * u with the f16 parameters). Parameters of tokens and groups past
+// n_tokens are NaN: a read of one would show in the output.
+enum class Norm { kNone, kToken, kGroup };
+
+const char* norm_name(Norm n) { return n == Norm::kNone ? "none" : n == Norm::kToken ? "token" : "channel-group"; }
+
+struct NormCase {
+  int batch, n_heads, n_kv_heads, head_dim, dsub, ksub;
+  std::int64_t n_tokens;
+  int group;
+  Norm k, v;
+};
+
+TEST(CudaDecodeAttention, NormalisedPQEqualsDenseAttentionOverDecodedKV) {
+  const NormCase cases[] = {
+      {1, 32, 8, 128, 2, 256, 1000, 128, Norm::kGroup, Norm::kToken},  // the default candidate, 4-bit
+      {2, 16, 4, 128, 4, 256, 4099, 128, Norm::kGroup, Norm::kToken},  // 2-bit, batch 2
+      {1, 32, 8, 128, 2, 256, 127, 128, Norm::kGroup, Norm::kNone},    // less than one group
+      {3, 8, 8, 64, 2, 16, 2500, 192, Norm::kToken, Norm::kGroup},     // groups straddle tiles
+      {1, 16, 2, 128, 2, 256, 1537, 64, Norm::kGroup, Norm::kGroup},   // GQA 8, 8 groups a tile
+      {1, 16, 2, 128, 4, 256, 3000, 128, Norm::kGroup, Norm::kToken},  // GQA 8, dsub 4
+      {2, 8, 4, 64, 4, 64, 700, 1024, Norm::kToken, Norm::kToken},     // group longer than a tile
+      {2, 4, 1, 128, 4, 256, 5000, 320, Norm::kGroup, Norm::kGroup},
+      {2, 32, 8, 128, 2, 256, 777, 128, Norm::kNone, Norm::kGroup},
+  };
+  double worst = 0.0;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist;
+  std::uniform_real_distribution<float> unif(0.0f, 1.0f);
+  for (const NormCase& nc : cases) {
+    const int D = nc.head_dim, dsub = nc.dsub, M = D / dsub, ksub = nc.ksub;
+    DecodeShape s{nc.batch, nc.n_heads, nc.n_kv_heads, D, nc.n_tokens, nc.n_tokens + 5};
+    const std::size_t cb_elems = static_cast<std::size_t>(M) * ksub * dsub;
+    // Normalised centroids: in [0, 1] for channel-groups, ~unit vectors for token norms.
+    auto centroid = [&](Norm n) { return n == Norm::kGroup ? unif(rng) : dist(rng) * (n == Norm::kToken ? 0.09f : 1.0f); };
+    std::vector<std::uint16_t> cbk(cb_elems * s.n_kv_heads), cbv(cbk.size());
+    for (auto& x : cbk) x = f32_to_f16(centroid(nc.k));
+    for (auto& x : cbv) x = f32_to_f16(centroid(nc.v));
+    const std::size_t rows = static_cast<std::size_t>(s.batch) * s.n_kv_heads * s.capacity;
+    const std::size_t code_n = rows * M;
+    std::vector<std::uint8_t> ck(code_n), cv(code_n);
+    for (auto& c : ck) c = static_cast<std::uint8_t>(rng() % static_cast<unsigned>(ksub));
+    for (auto& c : cv) c = static_cast<std::uint8_t>(rng() % static_cast<unsigned>(ksub));
+    std::vector<float> q(static_cast<std::size_t>(s.batch) * s.n_heads * D);
+    for (auto& x : q) x = dist(rng);
+    // Parameters: token norms [batch * kv_heads, capacity]; groups [batch * kv_heads, n_groups, 2, D].
+    const std::int64_t n_groups = (s.capacity + nc.group - 1) / nc.group;
+    const std::uint16_t nan16 = 0x7e00;
+    auto make_params = [&](Norm n) {
+      std::vector<std::uint16_t> out;
+      if (n == Norm::kToken) {
+        out.resize(rows);
+        for (std::size_t r = 0; r < rows; ++r) {
+          out[r] = static_cast<std::int64_t>(r % s.capacity) < s.n_tokens ? f32_to_f16(0.5f + 12.0f * unif(rng)) : nan16;
+        }
+      } else if (n == Norm::kGroup) {
+        out.resize(static_cast<std::size_t>(s.batch) * s.n_kv_heads * n_groups * 2 * D);
+        for (std::size_t i = 0; i < out.size(); ++i) {
+          const std::int64_t g = static_cast<std::int64_t>(i / (2 * D)) % n_groups;
+          const bool range = (i / D) % 2 == 1;
+          const float x = range ? 0.2f + 4.0f * unif(rng) : -2.0f + dist(rng);
+          out[i] = g * nc.group < s.n_tokens ? f32_to_f16(x) : nan16;
+        }
+      }
+      return out;
+    };
+    const auto pk = make_params(nc.k), pv = make_params(nc.v);
+    // Decoded K/V on the host: [batch, n_kv_heads, capacity, D] f32 (tokens past n_tokens: 0).
+    std::vector<float> kd(rows * D, 0.0f), vd(kd.size(), 0.0f);
+    auto decode = [&](Norm n, const std::vector<std::uint16_t>& cb, const std::vector<std::uint8_t>& codes,
+                      const std::vector<std::uint16_t>& prm, std::vector<float>& out) {
+      for (std::size_t row = 0; row < rows; ++row) {
+        const std::size_t seq = row / static_cast<std::size_t>(s.capacity);
+        const std::int64_t t = static_cast<std::int64_t>(row % static_cast<std::size_t>(s.capacity));
+        if (t >= s.n_tokens) continue;
+        const std::size_t h = seq % static_cast<std::size_t>(s.n_kv_heads);
+        for (int c = 0; c < D; ++c) {
+          const int m = c / dsub, e = c % dsub;
+          const float u = f16_to_f32(cb[h * cb_elems + (static_cast<std::size_t>(m) * ksub + codes[row * M + m]) * dsub + e]);
+          float x = u;
+          if (n == Norm::kToken) x = f16_to_f32(prm[row]) * u;
+          if (n == Norm::kGroup) {
+            const std::size_t g = seq * static_cast<std::size_t>(n_groups) + static_cast<std::size_t>(t / nc.group);
+            x = f16_to_f32(prm[(g * 2) * D + c]) + f16_to_f32(prm[(g * 2 + 1) * D + c]) * u;
+          }
+          out[row * D + c] = x;
+        }
+      }
+    };
+    decode(nc.k, cbk, ck, pk, kd);
+    decode(nc.v, cbv, cv, pv, vd);
+    DeviceBuffer<std::uint8_t> dck(code_n), dcv(code_n);
+    DeviceBuffer<std::uint16_t> dbk(cbk.size()), dbv(cbv.size()), dpk(std::max<std::size_t>(pk.size(), 1)),
+        dpv(std::max<std::size_t>(pv.size(), 1));
+    DeviceBuffer<float> dq(q.size());
+    dck.upload(ck);
+    dcv.upload(cv);
+    dbk.upload(cbk);
+    dbv.upload(cbv);
+    if (!pk.empty()) dpk.upload(pk);
+    if (!pv.empty()) dpv.upload(pv);
+    dq.upload(q);
+    for (int splits : split_choices(s, 512)) {
+      const std::string what = std::string("pq-norm K ") + norm_name(nc.k) + " V " + norm_name(nc.v) +
+                               " group=" + std::to_string(nc.group) + " B=" + std::to_string(s.batch) +
+                               " H=" + std::to_string(s.n_heads) + "/" + std::to_string(s.n_kv_heads) +
+                               " D=" + std::to_string(D) + " M=" + std::to_string(M) + " ksub=" + std::to_string(ksub) +
+                               " T=" + std::to_string(s.n_tokens) + " splits=" + std::to_string(splits);
+      DeviceBuffer<float> ws(decode_workspace_floats(s, splits));
+      GuardedOut out(q.size());
+      PQDecodeArgs a;
+      a.shape = s;
+      a.M = M;
+      a.ksub = ksub;
+      a.codes_k = dck.get();
+      a.codes_v = dcv.get();
+      a.cb_k = dbk.get();
+      a.cb_v = dbv.get();
+      a.cb_k_head_stride = a.cb_v_head_stride = static_cast<std::int64_t>(cb_elems);
+      a.q = dq.get();
+      a.out = out.out();
+      a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+      (nc.k == Norm::kToken ? a.k_token_norm : a.k_group_params) = nc.k == Norm::kNone ? nullptr : dpk.get();
+      (nc.v == Norm::kToken ? a.v_token_norm : a.v_group_params) = nc.v == Norm::kNone ? nullptr : dpv.get();
+      a.norm_group = nc.group;
+      pq_decode_attention(a, ws.get(), splits, nullptr);
+      check(cudaDeviceSynchronize(), "sync");
+      bool guards = false;
+      const auto got = out.result(guards);
+      EXPECT_TRUE(guards) << what;
+      const std::size_t per_b = static_cast<std::size_t>(s.n_kv_heads) * s.capacity * D;
+      for (int b = 0; b < s.batch; ++b) {
+        const auto want = reference(s, kd.data() + b * per_b, vd.data() + b * per_b, KVDType::kF32,
+                                    q.data() + static_cast<std::size_t>(b) * s.n_heads * D);
+        const auto first = got.begin() + static_cast<std::ptrdiff_t>(b) * s.n_heads * D;
+        worst = std::max(worst, expect_close(std::vector<float>(first, first + static_cast<std::ptrdiff_t>(want.size())),
+                                             want, what + " b=" + std::to_string(b)));
+      }
+    }
+  }
+  std::printf("normalised PQ worst relative error: %.3g\n", worst);
+}
+
 TEST(CudaDecodeAttention, RejectsUnsupportedShapes) {
   DecodeShape s{1, 12, 4, 128, 100, 100};  // GQA group of 3
   EXPECT_THROW(dense_decode_attention({s, nullptr, nullptr, nullptr, nullptr, 1.0f}, nullptr, 1, nullptr),
@@ -264,6 +412,22 @@ TEST(CudaDecodeAttention, RejectsUnsupportedShapes) {
   PQDecodeArgs a;
   a.shape = s;
   a.M = 128;  // dsub 1
+  EXPECT_THROW(pq_decode_attention(a, nullptr, 1, nullptr), InvalidArgumentError);
+  // Normalisations: not on tensor cores, one per kind, groups a multiple of 64. The pointers
+  // are never read: the checks come first.
+  static const std::uint16_t dummy[4] = {};
+  a.M = 64;
+  a.k_group_params = dummy;
+  a.norm_group = 128;
+  a.tensor_cores = true;
+  EXPECT_THROW(pq_decode_attention(a, nullptr, 1, nullptr), InvalidArgumentError);
+  a.tensor_cores = false;
+  a.norm_group = 100;
+  EXPECT_THROW(pq_decode_attention(a, nullptr, 1, nullptr), InvalidArgumentError);
+  a.norm_group = 0;
+  EXPECT_THROW(pq_decode_attention(a, nullptr, 1, nullptr), InvalidArgumentError);
+  a.norm_group = 128;
+  a.k_token_norm = dummy;
   EXPECT_THROW(pq_decode_attention(a, nullptr, 1, nullptr), InvalidArgumentError);
 }
 

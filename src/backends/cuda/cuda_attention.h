@@ -56,6 +56,21 @@ struct PQDecodeArgs {
   /// Tensor-core kernel (pq_decode_tc.cu: fp16 Q and P, ~4e-4 relative; experimental, measured
   /// 2-2.5x slower than the CUDA-core one on an H200) or the CUDA-core kernel (f32, ~1e-6).
   bool tensor_cores = false;
+
+  /// Normalised codebooks (src/pq/normalize.h; CUDA-core kernel only, the tensor-core one throws
+  /// InvalidArgumentError). Null = none; per kind at most one of the two, all fp16, in the
+  /// codebook's (rotated) space, laid out like the codes:
+  ///  - token norms k/v_token_norm: [batch, n_kv_heads, capacity]; a token decodes to
+  ///    norm * centroid.
+  ///  - channel-group parameters k/v_group_params: [batch, n_kv_heads, ceil(capacity /
+  ///    norm_group), 2, head_dim] (min row, then range row); token t of group g = t / norm_group
+  ///    decodes to min_g + range_g * centroid per channel. norm_group: a multiple of 64.
+  const void* k_token_norm = nullptr;
+  const void* v_token_norm = nullptr;
+  const void* k_group_params = nullptr;
+  const void* v_group_params = nullptr;
+  int norm_group = 0;
+  bool normalised() const { return k_token_norm || v_token_norm || k_group_params || v_group_params; }
 };
 
 /// Sequence splits per (sequence, kv head): enough blocks to fill `sm_count` SMs twice, no

@@ -14,6 +14,10 @@
 //    of a warp fall in distinct banks) and weighted by the G heads' probabilities.
 //  - the block's accumulators are reduced over token groups in shared memory and written as a
 //    partial (acc[head_dim], max, sum) per (sequence, head, split); merge_kernel combines them.
+//  - normalised codebooks (PQDecodeArgs' token norms / channel-group min and range; template
+//    NORM, so the plain kernel is unchanged): token norms scale a token's score or its value
+//    probability; channel-groups scale the queries per group (q * range, bias q . min) once per
+//    tile and denormalise value centroids (min + range * u) per token. Comment at the kernel.
 // Accumulation is f32 throughout; exp is __expf.
 #include <cuda_fp16.h>
 
@@ -44,16 +48,15 @@ constexpr int kTile = 256;       // dense kernel: tokens per tile, one per threa
 constexpr int kWarps = kThreads / 32;
 constexpr int kPQThreads = 512;  // PQ kernel: its codebooks (128 KiB at head_dim 128) allow one block per SM
 constexpr int kSplitTile = 512;  // choose_splits: splits of whole tiles of either kernel
-
-// Folds this thread's scores s[j] (-inf for no token) into the running max m_run[j] (the same
-// in every thread), writes p = exp(s - max) to sP[j][t], returns the rescale factors alpha[j].
+constexpr int kMaxNormSlots = kPQThreads / 64;  // channel-groups a PQ tile touches, at most (groups: multiples of 64)
 
 // Folds this thread's scores s[j] (-inf for no token) into the running max m_run[j] and sum
 // l_run[j] (the same in every thread), writes p = exp(s - max) to sP[t][G] and returns the
 // factors alpha[j] = exp(old max - new max) that rescale the accumulators. sRed: 2 x [warps][G].
-template <int G, int THREADS>
+// PMUL: sP gets p * pmul (a value token norm) while the sums take p.
+template <int G, int THREADS, bool PMUL = false>
 __device__ inline void tile_softmax(const float (&s)[G], float (&m_run)[G], float (&l_run)[G], float (&alpha)[G],
-                                    float* sP, float* sRed) {
+                                    float* sP, float* sRed, float pmul = 1.0f) {
   constexpr int kW = THREADS / 32;
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
 #pragma unroll
@@ -71,7 +74,11 @@ __device__ inline void tile_softmax(const float (&s)[G], float (&m_run)[G], floa
     alpha[j] = m_run[j] == -INFINITY ? 0.0f : __expf(m_run[j] - m_new);
     m_run[j] = m_new;
     p[j] = s[j] == -INFINITY ? 0.0f : __expf(s[j] - m_new);
-    sP[t * G + j] = p[j];
+    if constexpr (PMUL) {
+      sP[t * G + j] = p[j] * pmul;
+    } else {
+      sP[t * G + j] = p[j];
+    }
     const float ws = warp_sum(p[j]);
     if (lane == 0) sRed[(kW + warp) * G + j] = ws;
   }
@@ -113,12 +120,40 @@ __device__ inline void write_partial(const float (&acc)[G][W], const float (&l_r
   }
 }
 
+// Byte offset of the normalised kernel's extra shared memory (scaled queries, bias partials,
+// value (min, range) pairs), after the codebooks + value codes or the end-of-kernel
+// accumulators, whichever is larger.
+template <int D, int DSUB, int G>
+__host__ __device__ constexpr std::size_t pq_norm_smem_offset(int ksub) {
+  constexpr int M = D / DSUB, T = kPQThreads;
+  const std::size_t tables = 2u * M * ksub * DSUB * sizeof(__half) + static_cast<std::size_t>(T) * M;
+  const std::size_t accs = sizeof(float) * (T / M) * G * D;
+  const std::size_t fixed = sizeof(float) * (D * G + T * G + 2 * (T / 32) * G);
+  return fixed + ((tables > accs ? tables : accs) + 15) / 16 * 16;
+}
+
 // KSUB: the codebook size when known at compile time (256, 16), 0 = read from p.ksub.
-template <int D, int DSUB, int G, int KSUB>
+// NORM: normalised codebooks (PQParams' k_norm / v_norm / k_gp / v_gp, each optional):
+//  - token norms: loaded a tile ahead (their latency hidden behind a whole tile); a key
+//    norm scales the token's score (s = norm * q . u), a value norm the probability stored for
+//    the value phase (the softmax sums take the plain one);
+//  - channel-groups: the (min, range) pairs of the groups a tile touches (at most 8: groups are
+//    multiples of 64 tokens) are loaded into registers two tiles ahead, a thread per (group,
+//    channel), and staged into shared memory at the end of the tile before (no extra barrier:
+//    the key phase's readers are done after the softmax, the value pairs are double-buffered).
+//    Keys: the queries scaled by each group's ranges, q * range_g, in slots sQn[slot], the
+//    biases q . min_g in sBias (per 32 channels, warp sums); a key thread reads its token's
+//    slot in place of sQ (the inner loop is the plain one: a warp's 32 tokens share a group)
+//    and starts from the bias. Values: the pairs in sVg; a value thread keeps its DSUB
+//    channels' pairs of its current group in registers and denormalises each centroid,
+//    min + range * u, before weighting it.
+template <int D, int DSUB, int G, int KSUB, bool NORM>
 __global__ void __launch_bounds__(kPQThreads, 1) pq_decode_kernel(PQParams p) {
   constexpr int M = D / DSUB;
   constexpr int T = kPQThreads;  // also the tile: one token per thread in the key phase
   constexpr int kGroups = T / M;
+  constexpr int kR = (kMaxNormSlots * D + T - 1) / T;  // (group, channel) pairs per thread
+  constexpr int kC32 = D / 32;                          // bias partials per (group, head)
   // Shared memory: fixed-size parts first (compile-time offsets, so vector loads are provably
   // aligned), then the two codebooks (size depends on ksub), then the staged value codes.
   extern __shared__ __align__(16) unsigned char smem[];
@@ -131,8 +166,15 @@ __global__ void __launch_bounds__(kPQThreads, 1) pq_decode_kernel(PQParams p) {
   const int cb_elems = M * ksub * DSUB;
   __half* cbV = cbK + cb_elems;  // [ksub][M][DSUB]: a warp's subspaces of one token in distinct banks
   std::uint8_t* sCodes = reinterpret_cast<std::uint8_t*>(cbV + cb_elems);  // [T][M]
+  // NORM, channel-groups: [slots][M][G][DSUB] scaled queries, [slots][D / 32][G] bias partials,
+  // [2][slots][D] value (min, range) pairs (double-buffered: tile parity).
+  const int slots = NORM ? p.norm_slots : 0;
+  float* sQn = reinterpret_cast<float*>(smem + pq_norm_smem_offset<D, DSUB, G>(ksub));
+  float* sBias = sQn + slots * D * G;
+  __half2* sVg = reinterpret_cast<__half2*>(sBias + slots * kC32 * G);
 
   const int t = threadIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int lane = t & 31;
   const std::int64_t seq = static_cast<std::int64_t>(b) * p.n_kv_heads + h;
   {
     const uint4* srcK = reinterpret_cast<const uint4*>(p.cb_k + h * p.cb_k_stride);
@@ -163,20 +205,148 @@ __global__ void __launch_bounds__(kPQThreads, 1) pq_decode_kernel(PQParams p) {
   const std::uint8_t* codes_k = p.codes_k + seq * p.capacity * M;
   const std::uint8_t* codes_v = p.codes_v + seq * p.capacity * M;
   const int kmask = ksub - 1;
+  // NORM: this sequence's parameters (null where that normalisation is off). Copies of p's
+  // fields: the lambdas below must not take p's address.
+  const __half* k_norm = NORM && p.k_norm ? p.k_norm + seq * p.capacity : nullptr;
+  const __half* v_norm = NORM && p.v_norm ? p.v_norm + seq * p.capacity : nullptr;
+  const __half* k_gp = NORM && p.k_gp ? p.k_gp + seq * p.n_groups * 2 * D : nullptr;
+  const __half* v_gp = NORM && p.v_gp ? p.v_gp + seq * p.n_groups * 2 * D : nullptr;
+  const bool any_gp = k_gp || v_gp;
+  const int norm_group = NORM && any_gp ? p.norm_group : 1;
+  const std::int64_t n_tokens = p.n_tokens;
+  // A tile's place among the channel-groups: its first group g0 and its start's offset in it.
+  // Stepped from tile to tile, and divisions by the group done in f32 with a correction: the
+  // integer ones (~25 instructions, ~70 for 64 bits) were a third of the normalisation's cost.
+  struct GroupPos {
+    std::int64_t g0;
+    int off0;
+  };
+  const int tile_groups = NORM && any_gp ? T / norm_group : 0, tile_rest = NORM && any_gp ? T % norm_group : 0;
+  const float inv_group = 1.0f / static_cast<float>(norm_group);
+  auto div_group = [&](int x) {  // x / norm_group for 0 <= x < 2^22
+    int q = __float2int_rz(static_cast<float>(x) * inv_group);
+    if (q * norm_group > x) {
+      --q;
+    } else if ((q + 1) * norm_group <= x) {
+      ++q;
+    }
+    return q;
+  };
+  auto step = [&](GroupPos x) {
+    x.g0 += tile_groups;
+    x.off0 += tile_rest;
+    if (x.off0 >= norm_group) {
+      x.off0 -= norm_group;
+      ++x.g0;
+    }
+    return x;
+  };
+  // Groups the tile tl at position x touches.
+  auto n_slots = [&](std::int64_t tl, GroupPos x) {
+    const int nv = static_cast<int>(n_tokens - tl * T < T ? n_tokens - tl * T : T);
+    return div_group(x.off0 + nv - 1) + 1;
+  };
+  GroupPos pos{0, 0};  // of the current tile
+  if (NORM && any_gp) pos = {tile_lo * T / norm_group, static_cast<int>(tile_lo * T % norm_group)};
+  // Prefetched parameters stay raw f16 bits until used: a conversion (or packing) right after
+  // the load would wait for it there.
+  unsigned short pk_mn[kR], pk_rg[kR], pv_mn[kR], pv_rg[kR];  // (group slot, channel) t + r * T of the tile to come
+  const unsigned short* k_gp_raw = reinterpret_cast<const unsigned short*>(k_gp);
+  const unsigned short* v_gp_raw = reinterpret_cast<const unsigned short*>(v_gp);
+  auto prefetch = [&](std::int64_t tl, GroupPos x) {
+    const std::int64_t g0 = x.g0;
+    const int ns = n_slots(tl, x);
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      const int i = t + r * T, sl = i / D, c = i % D;
+      if (sl < ns) {
+        const std::int64_t o = (g0 + sl) * 2 * D + c;
+        if (k_gp) {
+          pk_mn[r] = k_gp_raw[o];
+          pk_rg[r] = k_gp_raw[o + D];
+        }
+        if (v_gp) {
+          pv_mn[r] = v_gp_raw[o];
+          pv_rg[r] = v_gp_raw[o + D];
+        }
+      }
+    }
+  };
+  // Registers -> shared memory for tile tl (pairs prefetched for it): scaled queries, bias
+  // partials, value pairs into buffer (tl - tile_lo) & 1.
+  auto stage = [&](std::int64_t tl, GroupPos x) {
+    const int ns = n_slots(tl, x);
+    __half2* vg = sVg + ((tl - tile_lo) & 1) * slots * D;
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      if (r * T >= ns * D) break;  // block-uniform, so the shuffles below see a converged warp
+      const int i = t + r * T, sl = i / D, c = i % D;
+      const bool ok = sl < ns;
+      if (k_gp) {
+        const float2 mr = ok ? make_float2(__half2float(__ushort_as_half(pk_mn[r])), __half2float(__ushort_as_half(pk_rg[r])))
+                             : make_float2(0.0f, 0.0f);  // (min, range)
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+          const int qi = ((c / DSUB) * G + j) * DSUB + c % DSUB;
+          const float qv = sQ[qi];
+          if (ok) sQn[sl * D * G + qi] = qv * mr.y;
+          const float bias = warp_sum(qv * mr.x);
+          if (ok && lane == 0) sBias[(sl * kC32 + c / 32) * G + j] = bias;
+        }
+      }
+      if (v_gp && ok) vg[sl * D + c] = __halves2half2(__ushort_as_half(pv_mn[r]), __ushort_as_half(pv_rg[r]));
+    }
+  };
+  if (NORM && any_gp && tile_lo < tile_hi) {
+    prefetch(tile_lo, pos);
+    __syncthreads();  // sQ is written
+    stage(tile_lo, pos);
+    if (tile_lo + 1 < tile_hi) prefetch(tile_lo + 1, step(pos));
+  }
+
+  // Token norms of this thread's token in tile tl, loaded a tile ahead as raw f16 bits (1.0 =
+  // 0x3c00 where none).
+  unsigned short kn_next = 0x3c00, vn_next = 0x3c00;
+  auto load_norms = [&](std::int64_t tl) {
+    const std::int64_t tok = tl * T + t;
+    if (tl < tile_hi && tok < n_tokens) {
+      if (k_norm) kn_next = reinterpret_cast<const unsigned short*>(k_norm)[tok];
+      if (v_norm) vn_next = reinterpret_cast<const unsigned short*>(v_norm)[tok];
+    }
+  };
+  if constexpr (NORM) load_norms(tile_lo);
 
   for (std::int64_t tile = tile_lo; tile < tile_hi; ++tile) {
     const std::int64_t base = tile * T;
     const int n_valid = static_cast<int>(p.n_tokens - base < T ? p.n_tokens - base : T);
-    __syncthreads();  // the previous tile's readers of sCodes / sP are done
+    const unsigned short kn_raw = kn_next, vn_raw = vn_next;  // token norms of this thread's token
+    if constexpr (NORM) load_norms(tile + 1);
+    __syncthreads();  // the previous tile's readers of sCodes / sP are done, sQn / sBias / sVg staged
     {
       const uint4* src = reinterpret_cast<const uint4*>(codes_v + base * M);
       uint4* dst = reinterpret_cast<uint4*>(sCodes);
       const int chunks = n_valid * M / 16;
       for (int i = t; i < T * M / 16; i += T) dst[i] = i < chunks ? src[i] : make_uint4(0, 0, 0, 0);
     }
+    const float* qs = sQ;  // this thread's queries: sQ, or its group's scaled copy
+    int off0 = 0;          // NORM, channel-groups: the tile's start within its first group
     float s[G];
 #pragma unroll
     for (int j = 0; j < G; ++j) s[j] = 0.0f;
+    if constexpr (NORM) {
+      if (any_gp) {
+        off0 = pos.off0;
+        if (k_gp && t < n_valid) {
+          const int sl = div_group(t + off0);
+          qs = sQn + sl * D * G;
+#pragma unroll
+          for (int k = 0; k < kC32; ++k) {
+#pragma unroll
+            for (int j = 0; j < G; ++j) s[j] += sBias[(sl * kC32 + k) * G + j];
+          }
+        }
+      }
+    }
     if (t < n_valid) {
       const uint4* ck = reinterpret_cast<const uint4*>(codes_k + (base + t) * M);
 #pragma unroll 1
@@ -188,7 +358,7 @@ __global__ void __launch_bounds__(kPQThreads, 1) pq_decode_kernel(PQParams p) {
           const int m = m0 + k;
           float c[DSUB];
           load_centroid<DSUB>(cbK + (m * ksub + (cc[k] & kmask)) * DSUB, c);
-          const float* qm = sQ + m * G * DSUB;
+          const float* qm = qs + m * G * DSUB;
 #pragma unroll
           for (int j = 0; j < G; ++j) {
 #pragma unroll
@@ -196,30 +366,69 @@ __global__ void __launch_bounds__(kPQThreads, 1) pq_decode_kernel(PQParams p) {
           }
         }
       }
+      const float sc = NORM ? p.scale * __half2float(__ushort_as_half(kn_raw)) : p.scale;
 #pragma unroll
-      for (int j = 0; j < G; ++j) s[j] *= p.scale;
+      for (int j = 0; j < G; ++j) s[j] *= sc;
     } else {
 #pragma unroll
       for (int j = 0; j < G; ++j) s[j] = -INFINITY;
     }
     float alpha[G];
-    tile_softmax<G, T>(s, m_run, l_run, alpha, sP, sRed);
+    tile_softmax<G, T, NORM>(s, m_run, l_run, alpha, sP, sRed, __half2float(__ushort_as_half(vn_raw)));
 #pragma unroll
     for (int j = 0; j < G; ++j) {
 #pragma unroll
       for (int e = 0; e < DSUB; ++e) acc[j][e] *= alpha[j];
     }
-#pragma unroll 2
-    for (int tt = grp; tt < n_valid; tt += kGroups) {
-      float c[DSUB];
-      load_centroid<DSUB>(cbV + ((sCodes[tt * M + mV] & kmask) * M + mV) * DSUB, c);
-      const float* pt = sP + tt * G;
+    // Weighted centroids of this thread's tokens tt in [lo, hi) (tt = grp mod kGroups); CG: value
+    // channel-groups, each centroid denormalised with this thread's channels' (min, range) of
+    // the group slot the range lies in.
+    auto value_range = [&](auto cg_tag, int lo, int hi, int slot) {
+      constexpr bool CG = decltype(cg_tag)::value;
+      float mn[DSUB], rg[DSUB];
+      if constexpr (CG) {
+        const __half2* vg = sVg + (((tile - tile_lo) & 1) * slots + slot) * D + mV * DSUB;
 #pragma unroll
-      for (int j = 0; j < G; ++j) {
-        const float pj = pt[j];
-#pragma unroll
-        for (int e = 0; e < DSUB; ++e) acc[j][e] = fmaf(pj, c[e], acc[j][e]);
+        for (int e = 0; e < DSUB; ++e) {
+          const float2 f = __half22float2(vg[e]);
+          mn[e] = f.x;
+          rg[e] = f.y;
+        }
       }
+#pragma unroll 2
+      for (int tt = lo + grp; tt < hi; tt += kGroups) {
+        float c[DSUB];
+        load_centroid<DSUB>(cbV + ((sCodes[tt * M + mV] & kmask) * M + mV) * DSUB, c);
+        if constexpr (CG) {
+#pragma unroll
+          for (int e = 0; e < DSUB; ++e) c[e] = fmaf(rg[e], c[e], mn[e]);
+        }
+        const float* pt = sP + tt * G;
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+          const float pj = pt[j];
+#pragma unroll
+          for (int e = 0; e < DSUB; ++e) acc[j][e] = fmaf(pj, c[e], acc[j][e]);
+        }
+      }
+    };
+    if (NORM && v_gp) {
+      // Slot by slot: group edges are multiples of 64 tokens past the tile's start, so each
+      // slot's first token of this thread is at its start + grp (kGroups divides 64).
+      int lo = 0, slot = 0;
+      while (lo < n_valid) {
+        const int hi = min(n_valid, (slot + 1) * norm_group - off0);
+        value_range(std::true_type{}, lo, hi, slot);
+        lo = hi;
+        ++slot;
+      }
+    } else {
+      value_range(std::false_type{}, 0, n_valid, 0);
+    }
+    if (NORM && any_gp && tile + 1 < tile_hi) {  // the key phase's readers of sQn / sBias are done
+      pos = step(pos);
+      stage(tile + 1, pos);
+      if (tile + 2 < tile_hi) prefetch(tile + 2, step(pos));
     }
   }
   write_partial<D, G, DSUB, T>(acc, l_run, m_run, grp, kGroups, mV * DSUB, sAcc, p.ws, p.splits, p.n_heads);
@@ -370,30 +579,35 @@ void merge(const DecodeShape& s, const float* ws, int splits, float* out, cudaSt
   check(cudaGetLastError(), "decode attention merge launch");
 }
 
-template <int D, int DSUB, int G, int KSUB>
+template <int D, int DSUB, int G, int KSUB, bool NORM>
 void run_pq(const PQParams& params, const DecodeShape& s, cudaStream_t stream) {
-  constexpr int M = D / DSUB, T = kPQThreads;
-  const std::size_t tables = 2u * M * params.ksub * DSUB * sizeof(__half) + static_cast<std::size_t>(T) * M;
-  const std::size_t smem = sizeof(float) * (D * G + T * G + 2 * (T / 32) * G) +
-                           std::max(tables, sizeof(float) * (T / M) * G * D);
-  launch(pq_decode_kernel<D, DSUB, G, KSUB>, params, T, smem, s, params.splits, stream);
+  std::size_t smem = pq_norm_smem_offset<D, DSUB, G>(params.ksub);
+  if (NORM && (params.k_gp || params.v_gp)) {
+    smem += 4u * static_cast<std::size_t>(params.norm_slots) * (D * G + (D / 32) * G + 2 * D);
+  }
+  launch(pq_decode_kernel<D, DSUB, G, KSUB, NORM>, params, kPQThreads, smem, s, params.splits, stream);
 }
 
-template <int D, int DSUB, int KSUB>
+template <int D, int DSUB, int KSUB, bool NORM>
 void run_pq_k(const PQParams& params, const DecodeShape& s, cudaStream_t stream) {
   switch (s.group()) {
-    case 1: return run_pq<D, DSUB, 1, KSUB>(params, s, stream);
-    case 2: return run_pq<D, DSUB, 2, KSUB>(params, s, stream);
-    case 4: return run_pq<D, DSUB, 4, KSUB>(params, s, stream);
-    default: return run_pq<D, DSUB, 8, KSUB>(params, s, stream);
+    case 1: return run_pq<D, DSUB, 1, KSUB, NORM>(params, s, stream);
+    case 2: return run_pq<D, DSUB, 2, KSUB, NORM>(params, s, stream);
+    case 4: return run_pq<D, DSUB, 4, KSUB, NORM>(params, s, stream);
+    default: return run_pq<D, DSUB, 8, KSUB, NORM>(params, s, stream);
   }
 }
 
+// The normalised kernels exist for ksub 256 and a runtime ksub (others, 16 included).
 template <int D, int DSUB>
-void run_pq_g(const PQParams& params, const DecodeShape& s, cudaStream_t stream) {
-  if (params.ksub == 256) return run_pq_k<D, DSUB, 256>(params, s, stream);
-  if (params.ksub == 16) return run_pq_k<D, DSUB, 16>(params, s, stream);
-  run_pq_k<D, DSUB, 0>(params, s, stream);
+void run_pq_g(const PQParams& params, const DecodeShape& s, bool norm, cudaStream_t stream) {
+  if (norm) {
+    if (params.ksub == 256) return run_pq_k<D, DSUB, 256, true>(params, s, stream);
+    return run_pq_k<D, DSUB, 0, true>(params, s, stream);
+  }
+  if (params.ksub == 256) return run_pq_k<D, DSUB, 256, false>(params, s, stream);
+  if (params.ksub == 16) return run_pq_k<D, DSUB, 16, false>(params, s, stream);
+  run_pq_k<D, DSUB, 0, false>(params, s, stream);
 }
 
 template <int D, int G>
@@ -450,15 +664,37 @@ void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cu
              a.cb_k_head_stride, a.cb_v_head_stride, a.q, workspace, a.shape.n_tokens, a.shape.capacity,
              a.shape.n_heads, a.shape.n_kv_heads, a.ksub, splits, a.scale};
   const int D = a.shape.head_dim;
+  const bool norm = a.normalised();
+  if (norm) {
+    if (a.tensor_cores) throw InvalidArgumentError("CUDA PQ attention: the tensor-core kernel has no normalisations");
+    if ((a.k_token_norm && a.k_group_params) || (a.v_token_norm && a.v_group_params)) {
+      throw InvalidArgumentError("CUDA PQ attention: token norms and channel-groups exclude each other per kind");
+    }
+    p.k_norm = static_cast<const __half*>(a.k_token_norm);
+    p.v_norm = static_cast<const __half*>(a.v_token_norm);
+    p.k_gp = static_cast<const __half*>(a.k_group_params);
+    p.v_gp = static_cast<const __half*>(a.v_group_params);
+    if (p.k_gp || p.v_gp) {
+      const int g = a.norm_group;
+      if (g < 64 || g % 64 != 0 || g > (1 << 20)) {
+        throw InvalidArgumentError("CUDA PQ attention: norm_group must be a positive multiple of 64 (at most 2^20), got " +
+                                   std::to_string(g));
+      }
+      p.norm_group = g;
+      p.n_groups = (a.shape.capacity + g - 1) / g;
+      // Groups a 512-token tile (starting at a multiple of 512) can touch.
+      p.norm_slots = kPQThreads % g == 0 ? kPQThreads / g : (kPQThreads - 1) / g + 2;
+    }
+  }
   if (a.tensor_cores) {
     launch_pq_tc(p, D, dsub, a.shape.group(), a.shape.batch, a.shape.n_kv_heads, stream);
     merge(a.shape, workspace, splits, a.out, stream);
     return;
   }
-  if (D == 128 && dsub == 2) run_pq_g<128, 2>(p, a.shape, stream);
-  if (D == 128 && dsub == 4) run_pq_g<128, 4>(p, a.shape, stream);
-  if (D == 64 && dsub == 2) run_pq_g<64, 2>(p, a.shape, stream);
-  if (D == 64 && dsub == 4) run_pq_g<64, 4>(p, a.shape, stream);
+  if (D == 128 && dsub == 2) run_pq_g<128, 2>(p, a.shape, norm, stream);
+  if (D == 128 && dsub == 4) run_pq_g<128, 4>(p, a.shape, norm, stream);
+  if (D == 64 && dsub == 2) run_pq_g<64, 2>(p, a.shape, norm, stream);
+  if (D == 64 && dsub == 4) run_pq_g<64, 4>(p, a.shape, norm, stream);
   merge(a.shape, workspace, splits, a.out, stream);
 }
 

@@ -40,6 +40,15 @@ struct PQParams {
   std::int64_t n_tokens, capacity;
   int n_heads, n_kv_heads, ksub, splits;
   float scale;
+  // Normalisations (PQDecodeArgs; null = none): token norms [batch * n_kv_heads, capacity],
+  // channel-group parameters [batch * n_kv_heads, n_groups, 2, head_dim].
+  const __half* k_norm = nullptr;
+  const __half* v_norm = nullptr;
+  const __half* k_gp = nullptr;
+  const __half* v_gp = nullptr;
+  std::int64_t n_groups = 0;  // ceil(capacity / norm_group)
+  int norm_group = 0;
+  int norm_slots = 0;  // most channel-groups one tile touches (the scaled queries' shared-memory slots)
 };
 
 template <int DSUB>
