@@ -8,17 +8,18 @@
 # ../shared/text/calib (never evaluation text). Not a test; on 2 cores the default sections take
 # about 90 minutes.
 #
-# Sections (SECTIONS, space-separated; default all three):
+# Sections (SECTIONS, space-separated; default all four):
 #   gutenberg-4096   gutenberg-23m, held-out books (eval-tokens/heldout_eval.bin), ctx 4096
 #   gutenberg-wiki   gutenberg-23m, WikiText-2 test, ctx 1024
 #   smollm2-wiki     SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh), WikiText-2 test, ctx 1024
+#   smollm2-books    SmolLM2-135M-Instruct, the held-out books, ctx 1024
 # Environment: WINDOWS_4096 (default 8), WINDOWS_1024 (default 16), PREFILL (64), SMOL_ONLY /
 #   GUT_WIKI_ONLY (run only these row labels in that section, e.g. "f16 q4_0 pq-norm-4bit"),
 #   WORK (default /tmp/million-eval; codebooks and logits are reused from there), THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${MILLION_SHARED_DIR:-../shared}
-SECTIONS=${SECTIONS:-"gutenberg-4096 gutenberg-wiki smollm2-wiki"}
+SECTIONS=${SECTIONS:-"gutenberg-4096 gutenberg-wiki smollm2-wiki smollm2-books"}
 PREFILL=${PREFILL:-64}
 WORK=${WORK:-/tmp/million-eval}
 THREADS=${THREADS:-$(nproc)}
@@ -53,9 +54,10 @@ PQ_VARIANTS=(
 BASELINES=(q8_0 q4_0 q4_0-hadamard kivi-4:group=32 kivi-4:group=128 kivi-2:group=32 kivi-2:group=128)
 # A section may run a subset (ONLY: space-separated labels; empty = all).
 
-# section, model, source options (--tokens/--text), ctx, windows, head_dim, calibrate options, ONLY
+# section, model, source options (--tokens/--text), ctx, windows, head_dim, calibrate options, ONLY,
+# sinks (1: also q4_0-hadamard and pq-norm-4bit with the first 4 positions exact)
 evaluate() {
-  local sec=$1 model=$2 src=$3 ctx=$4 windows=$5 hd=$6 copts=$7 only=$8
+  local sec=$1 model=$2 src=$3 ctx=$4 windows=$5 hd=$6 copts=$7 only=$8 sinks=${9:-0}
   local dir=$WORK/$sec
   mkdir -p "$dir"
   echo "== $sec"
@@ -69,7 +71,7 @@ evaluate() {
     local label=$1 mode=$2
     shift 2
     [ -f "$dir/run-$mode-$label.json" ] && return
-    if [ -n "$only" ] && [[ " $only " != *" $label "* ]]; then return; fi
+    if [ -n "$only" ] && [ "${force:-0}" != 1 ] && [[ " $only " != *" $label "* ]]; then return; fi
     echo "$label ($mode)"
     $M perplexity "${common[@]}" --kl-base "$dir/base.logits" "$@" >"$dir/run-$mode-$label.json.tmp"
     mv "$dir/run-$mode-$label.json.tmp" "$dir/run-$mode-$label.json"
@@ -91,6 +93,10 @@ evaluate() {
       calib "$model" "$(basename "$model")-$label" $cal $copts
       run "$label" "$mode" --kv "$kv$sep" --codebook "$WORK/$(basename "$model")-$label.cb"
     done
+    if [ "$sinks" = 1 ]; then
+      force=1 run q4_0-hadamard-sinks4 "$mode" --kv "q4_0-hadamard:sinks=4$opt"
+      force=1 run pq-norm-4bit-sinks4 "$mode" --kv "pq:sinks=4$opt" --codebook "$WORK/$(basename "$model")-pq-norm-4bit.cb"
+    fi
   done
 }
 
@@ -102,7 +108,11 @@ for sec in $SECTIONS; do
       evaluate "$sec" "$GUT" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" 128 "" "${GUT_WIKI_ONLY:-}" ;;
     smollm2-wiki)
       if [ ! -f "$SMOL" ]; then bash scripts/fetch-smollm2.sh || { echo "skipping $sec: no SmolLM2"; continue; }; fi
-      evaluate "$sec" "$SMOL" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" 64 "--max-tokens 16384" "${SMOL_ONLY:-}" ;;
+      evaluate "$sec" "$SMOL" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" 64 "--max-tokens 16384" "${SMOL_ONLY:-}" 1 ;;
+    smollm2-books)
+      if [ ! -f "$SMOL" ]; then bash scripts/fetch-smollm2.sh || { echo "skipping $sec: no SmolLM2"; continue; }; fi
+      evaluate "$sec" "$SMOL" "--text $SHARED/text/heldout-books" 1024 "${WINDOWS_1024:-16}" 64 "--max-tokens 16384" \
+        "${SMOL_ONLY:-}" 1 ;;
     *) echo "eval-results: unknown section $sec"; exit 2 ;;
   esac
 done
