@@ -14,6 +14,7 @@
 #include <map>
 #include <sstream>
 
+#include "common/cli_run.h"
 #include "common/test_paths.h"
 #include "common/test_util.h"
 
@@ -22,23 +23,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
-Result run(const std::string& args) {
-  const std::string dir = test::temp_dir();
-  const std::string out = dir + "/out", err = dir + "/err";
-  const std::string cmd = "cd '" + test::source_dir() + "' && '" + MILLION_BIN + "' " + args + " </dev/null >'" + out +
-                          "' 2>'" + err + "'";
-  Result r;
-  const int status = std::system(cmd.c_str());
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = test::slurp(out);
-  r.err = test::slurp(err);
-  return r;
-}
+using Result = test::CliResult;
+Result run(const std::string& args) { return test::run_cli(MILLION_BIN, args); }
 
 bool have_gnuplot() { return std::system("gnuplot --version >/dev/null 2>&1") == 0; }
 

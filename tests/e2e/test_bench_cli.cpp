@@ -16,29 +16,15 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/cli_run.h"
 #include "common/test_paths.h"
 #include "common/test_util.h"
 
 namespace million {
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
-Result run(const std::string& args) {
-  const std::string dir = test::temp_dir();
-  const std::string out = dir + "/out", err = dir + "/err";
-  const std::string cmd = "cd '" + test::source_dir() + "' && '" + MILLION_BIN + "' " + args + " </dev/null >'" + out +
-                          "' 2>'" + err + "'";
-  Result r;
-  const int status = std::system(cmd.c_str());
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = test::slurp(out);
-  r.err = test::slurp(err);
-  return r;
-}
+using Result = test::CliResult;
+Result run(const std::string& args) { return test::run_cli(MILLION_BIN, args); }
 
 // 3 depths x 3 caches, one thread, one repetition, small prefill and decode.
 const std::string kSweep =

@@ -10,30 +10,18 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/cli_run.h"
 #include "common/test_paths.h"
 #include "common/test_util.h"
 
 namespace million {
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
+using Result = test::CliResult;
 
 // Runs `args` through /bin/sh with the binary prepended; stdout and stderr captured separately.
 Result run(const std::string& args, const std::string& stdin_text = "") {
-  const std::string dir = test::temp_dir();
-  const std::string in = dir + "/in", out = dir + "/out", err = dir + "/err";
-  test::write_file(in, stdin_text);
-  const std::string cmd = "cd '" + test::source_dir() + "' && '" + MILLION_BIN + "' " + args + " <'" + in + "' >'" +
-                          out + "' 2>'" + err + "'";
-  Result r;
-  const int status = std::system(cmd.c_str());
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = test::slurp(out);
-  r.err = test::slurp(err);
-  return r;
+  return test::run_cli(MILLION_BIN, args, stdin_text);
 }
 
 std::string golden_story() {
