@@ -134,17 +134,9 @@ CodebookSet calibrate(Model& model, const ModelFingerprint& fingerprint, const s
         std::copy(x, x + static_cast<std::ptrdiff_t>(n) * d, u.begin());
       }
       const VectorNorm norm = k == 0 ? opt.k_norm : opt.v_norm;
-      if (norm == VectorNorm::kChannelGroup) {
-        std::vector<float> mn(static_cast<std::size_t>(d)), rg(mn.size());
-        channel_group_params(u.data(), n, d, mn.data(), rg.data());
-        channel_group_normalize(u.data(), n, d, mn.data(), rg.data(), x);
-      } else if (norm == VectorNorm::kToken) {
-        std::vector<float> norms(static_cast<std::size_t>(n));
-        for (int t = 0; t < n; ++t) norms[static_cast<std::size_t>(t)] = token_norm_f16(u.data() + static_cast<std::ptrdiff_t>(t) * d, d);
-        token_normalize(u.data(), n, d, norms.data(), x);
-      } else {
-        std::copy(u.begin(), u.end(), x);
-      }
+      std::vector<float> params(static_cast<std::size_t>(std::max(n, 2 * d)));
+      normalize_block(norm, u.data(), n, d, params.data());
+      std::copy(u.begin(), u.end(), x);
     };
   }
   copt.train_samples = samples;

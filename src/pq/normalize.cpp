@@ -91,4 +91,14 @@ void token_normalize(const float* x, int n, int d, const float* norms, float* u)
   }
 }
 
+void normalize_block(VectorNorm norm, float* u, int n, int d, float* params) {
+  if (norm == VectorNorm::kChannelGroup) {
+    channel_group_params(u, n, d, params, params + d);
+    channel_group_normalize(u, n, d, params, params + d, u);
+  } else if (norm == VectorNorm::kToken) {
+    for (int t = 0; t < n; ++t) params[t] = token_norm_f16(u + static_cast<std::ptrdiff_t>(t) * d, d);
+    token_normalize(u, n, d, params, u);
+  }
+}
+
 }  // namespace million

@@ -38,4 +38,9 @@ float token_norm_f16(const float* x, int d);
 /// u = x / nrm for each token (u = 0 where nrm == 0); norms [n] as from token_norm_f16. May alias.
 void token_normalize(const float* x, int n, int d, const float* norms, float* u);
 
+/// Normalises n consecutive vectors u [n, d] in place as `norm` says (the n tokens form one
+/// channel-group) and returns the f16-valued parameters in params: token norms [n], or min then
+/// range [2, d]; nothing for kNone. What both the cache's encoder and calibration use.
+void normalize_block(VectorNorm norm, float* u, int n, int d, float* params);
+
 }  // namespace million

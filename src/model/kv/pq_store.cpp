@@ -85,21 +85,10 @@ void PQCodes::encode_head(int h, const float* x, int n, std::uint16_t* params, s
   } else {
     std::copy_n(x, static_cast<std::size_t>(n) * d, u.begin());
   }
-  if (norm_ == VectorNorm::kToken) {
-    std::vector<float> norms(static_cast<std::size_t>(n));
-    for (int t = 0; t < n; ++t) {
-      norms[static_cast<std::size_t>(t)] = token_norm_f16(u.data() + static_cast<std::ptrdiff_t>(t) * d, d);
-      params[t] = f32_to_f16(norms[static_cast<std::size_t>(t)]);
-    }
-    token_normalize(u.data(), n, d, norms.data(), u.data());
-  } else if (norm_ == VectorNorm::kChannelGroup) {
-    std::vector<float> mn(static_cast<std::size_t>(d)), rg(mn.size());
-    channel_group_params(u.data(), n, d, mn.data(), rg.data());
-    for (int c = 0; c < d; ++c) {
-      params[c] = f32_to_f16(mn[static_cast<std::size_t>(c)]);
-      params[d + c] = f32_to_f16(rg[static_cast<std::size_t>(c)]);
-    }
-    channel_group_normalize(u.data(), n, d, mn.data(), rg.data(), u.data());
+  if (norm_ != VectorNorm::kNone) {
+    std::vector<float> par(static_cast<std::size_t>(norm_ == VectorNorm::kToken ? n : 2 * d));
+    normalize_block(norm_, u.data(), n, d, par.data());
+    for (std::size_t i = 0; i < par.size(); ++i) params[i] = f32_to_f16(par[i]);
   }
   book(h).encoder->encode(u.data(), n, codes, active_simd_level());
 }
