@@ -173,12 +173,21 @@ int main(int argc, char** argv) {
         a.q = q.get();
         a.out = out.get();
         a.scale = 1.0f / std::sqrt(128.0f);
-        for (bool tc : {true, false}) {
-          a.tensor_cores = tc;
+        // The mma kernel runs with its own splits (one wave of blocks); random codes read in
+        // either layout cost the same.
+        const int mma_splits = choose_splits_mma(s, prop.multiProcessorCount, pq_mma_blocks_per_sm(a));
+        DeviceBuffer<float> mma_ws(decode_workspace_floats(s, mma_splits));
+        auto time_pq = [&](PQKernel kernel) {
+          a.kernel = kernel;
+          if (kernel == PQKernel::kMma) {
+            return median_us([&] { pq_decode_attention(a, mma_ws.get(), mma_splits, nullptr); }, reps);
+          }
+          return median_us([&] { pq_decode_attention(a, ws.get(), splits, nullptr); }, reps);
+        };
+        for (PQKernel kernel : {PQKernel::kMma, PQKernel::kCudaCores}) {
           const std::string name = std::string(M == 64 ? "pq 4-bit (M=64)" : "pq 2-bit (M=32)") +
-                                   (tc ? ", tensor cores" : ", CUDA cores");
-          row(name, median_us([&] { pq_decode_attention(a, ws.get(), splits, nullptr); }, reps),
-              2.0 * static_cast<double>(code_bytes));
+                                   (kernel == PQKernel::kMma ? ", mma" : ", CUDA cores");
+          row(name, time_pq(kernel), 2.0 * static_cast<double>(code_bytes));
         }
         // pq-norm: keys channel-group (128 tokens: f16 min + range per channel), values token
         // norms (f16 per token), CUDA cores. Bytes: codes + norms + group parameters.
@@ -188,13 +197,15 @@ int main(int argc, char** argv) {
         Bytes vn(norm_bytes), kg(group_bytes);
         fill(vn.get(), vn.bytes(), halves);
         fill(kg.get(), kg.bytes(), halves);
-        a.tensor_cores = false;
         a.k_group_params = kg.get();
         a.v_token_norm = vn.get();
         a.norm_group = kNormGroup;
-        row(std::string(M == 64 ? "pq-norm 4-bit (M=64)" : "pq-norm 2-bit (M=32)") + ", CUDA cores",
-            median_us([&] { pq_decode_attention(a, ws.get(), splits, nullptr); }, reps),
-            2.0 * static_cast<double>(code_bytes) + static_cast<double>(norm_bytes + group_bytes));
+        for (PQKernel kernel : {PQKernel::kMma, PQKernel::kCudaCores}) {
+          row(std::string(M == 64 ? "pq-norm 4-bit (M=64)" : "pq-norm 2-bit (M=32)") +
+                  (kernel == PQKernel::kMma ? ", mma" : ", CUDA cores"),
+              time_pq(kernel), 2.0 * static_cast<double>(code_bytes) + static_cast<double>(norm_bytes + group_bytes));
+        }
+        a.kernel = PQKernel::kCudaCores;
         if (M == 64) {  // the other value normalisation: channel-groups on both sides
           Bytes vg(group_bytes);
           fill(vg.get(), vg.bytes(), halves);

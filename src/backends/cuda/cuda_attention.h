@@ -36,10 +36,19 @@ struct DenseDecodeArgs {
   float scale = 0.0f;
 };
 
-/// PQ cache. codes_k / codes_v: [batch, n_kv_heads, capacity, M] u8, token-major (a token's
-/// M codes contiguous). Codebooks: [n_kv_heads, M, ksub, dsub] fp16 at cb_*_head_stride
-/// elements per kv head (0 = one codebook shared by every head). dsub = head_dim / M, 2 or 4;
-/// keys and values use the same M here.
+/// Which PQ decode kernel runs.
+///  - kCudaCores: f32 throughout (~1e-6 relative to the reference); codes token-major.
+///  - kMma: tensor cores (mma.sync m16n8k16): each thread looks its centroids up straight into
+///    the matrix fragments, queries and probabilities in fp16 with f32 accumulation (~1e-3
+///    relative, as FlashAttention); codes in the interleaved layout of interleave_pq_codes().
+///    No value channel-groups (InvalidArgumentError).
+enum class PQKernel { kCudaCores, kMma };
+
+/// PQ cache. codes_k / codes_v: [batch, n_kv_heads, capacity, M] u8, a token's M codes
+/// contiguous: in subspace order for kCudaCores, permuted by interleave_pq_codes() for kMma.
+/// Codebooks: [n_kv_heads, M, ksub, dsub] fp16 at cb_*_head_stride elements per kv head (0 =
+/// one codebook shared by every head). dsub = head_dim / M, 2 or 4; keys and values use the
+/// same M here.
 struct PQDecodeArgs {
   DecodeShape shape;
   int M = 0;
@@ -53,12 +62,10 @@ struct PQDecodeArgs {
   const float* q = nullptr;
   float* out = nullptr;
   float scale = 0.0f;
-  /// Tensor-core kernel (pq_decode_tc.cu: fp16 Q and P, ~4e-4 relative; experimental, measured
-  /// 2-2.5x slower than the CUDA-core one on an H200) or the CUDA-core kernel (f32, ~1e-6).
-  bool tensor_cores = false;
+  PQKernel kernel = PQKernel::kCudaCores;
 
-  /// Normalised codebooks (src/pq/normalize.h; CUDA-core kernel only, the tensor-core one throws
-  /// InvalidArgumentError). Null = none; per kind at most one of the two, all fp16, in the
+  /// Normalised codebooks (src/pq/normalize.h; the kMma kernel takes all but value
+  /// channel-groups). Null = none; per kind at most one of the two, all fp16, in the
   /// codebook's (rotated) space, laid out like the codes:
   ///  - token norms k/v_token_norm: [batch, n_kv_heads, capacity]; a token decodes to
   ///    norm * centroid.
@@ -74,9 +81,20 @@ struct PQDecodeArgs {
 };
 
 /// Sequence splits per (sequence, kv head): enough blocks to fill `sm_count` SMs twice, no
-/// split shorter than 512 tokens. Valid for both kernels (splits <= tiles: dense tiles are 256
+/// split shorter than 512 tokens. Valid for every kernel (splits <= tiles: dense tiles are 256
 /// tokens, PQ tiles 512).
 int choose_splits(const DecodeShape& s, int sm_count);
+/// The same for the kMma PQ kernel: one wave of blocks (`blocks_per_sm` resident per SM, see
+/// pq_mma_blocks_per_sm), so that no SM runs a second, partial wave.
+int choose_splits_mma(const DecodeShape& s, int sm_count, int blocks_per_sm);
+/// Blocks of the kMma kernel one SM holds for this shape (shared memory: both codebooks).
+int pq_mma_blocks_per_sm(const PQDecodeArgs& a);
+
+/// The kMma kernel's code layout, per token (rows of M codes; M a multiple of 8): key code of
+/// subspace m = 4j + i at byte i * M/4 + j, value code of m = 8j + i at byte i * M/8 + j, so
+/// that each thread loads the codes of its matrix fragments as one contiguous run.
+/// `values` picks the layout. Host reference; a device encoder writes the same layout.
+void interleave_pq_codes(const std::uint8_t* src, std::uint8_t* dst, std::size_t rows, int M, bool values);
 /// Floats of device workspace the kernels need for `splits` (partial results per split).
 std::size_t decode_workspace_floats(const DecodeShape& s, int splits);
 

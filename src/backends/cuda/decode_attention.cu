@@ -1,5 +1,5 @@
 // CUDA decode attention kernels (see cuda_attention.h): dense fp16 and PQ on CUDA cores (the
-// PQ tensor-core variant is pq_decode_tc.cu), one thread block per (sequence split, kv head,
+// PQ tensor-core kernel is pq_decode_mma.cu), one thread block per (sequence split, kv head,
 // sequence) — dense 256 threads and 256-token tiles, PQ 512 and 512 — with an online softmax
 // over the tiles, then a merge kernel over the splits.
 //  - key phase: one thread per token of the tile computes the scores of the group's G query
@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 
@@ -666,7 +667,9 @@ void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cu
   const int D = a.shape.head_dim;
   const bool norm = a.normalised();
   if (norm) {
-    if (a.tensor_cores) throw InvalidArgumentError("CUDA PQ attention: the tensor-core kernel has no normalisations");
+    if (a.kernel == PQKernel::kMma && a.v_group_params) {
+      throw InvalidArgumentError("CUDA PQ attention: the mma kernel has no value channel-groups");
+    }
     if ((a.k_token_norm && a.k_group_params) || (a.v_token_norm && a.v_group_params)) {
       throw InvalidArgumentError("CUDA PQ attention: token norms and channel-groups exclude each other per kind");
     }
@@ -686,8 +689,11 @@ void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cu
       p.norm_slots = kPQThreads % g == 0 ? kPQThreads / g : (kPQThreads - 1) / g + 2;
     }
   }
-  if (a.tensor_cores) {
-    launch_pq_tc(p, D, dsub, a.shape.group(), a.shape.batch, a.shape.n_kv_heads, stream);
+  if (a.kernel == PQKernel::kMma) {
+    if ((reinterpret_cast<std::uintptr_t>(a.codes_k) | reinterpret_cast<std::uintptr_t>(a.codes_v)) % 16 != 0) {
+      throw InvalidArgumentError("CUDA PQ attention: the mma kernel needs 16-byte aligned code buffers");
+    }
+    launch_pq_mma(p, D, dsub, a.shape.batch, a.shape.n_kv_heads, stream);
     merge(a.shape, workspace, splits, a.out, stream);
     return;
   }

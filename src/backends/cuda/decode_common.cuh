@@ -1,5 +1,5 @@
 // Device helpers shared by the CUDA decode-attention kernels (decode_attention.cu,
-// pq_decode_tc.cu): warp reductions, the split of a sequence into tiles, the PQ kernels'
+// pq_decode_mma.cu): warp reductions, the split of a sequence into tiles, the PQ kernels'
 // parameters and centroid loads. Internal to src/backends/cuda.
 #pragma once
 
@@ -68,7 +68,9 @@ __device__ inline void load_centroid(const __half* cen, float (&c)[DSUB]) {
   }
 }
 
-void launch_pq_tc(const PQParams& p, int head_dim, int dsub, int group, int batch, int n_kv_heads,
-                  cudaStream_t stream);
+// pq_decode_mma.cu: the tensor-core kernel (p.splits blocks per sequence and kv head).
+void launch_pq_mma(const PQParams& p, int head_dim, int dsub, int batch, int n_kv_heads, cudaStream_t stream);
+// Its dynamic shared memory per block.
+std::size_t pq_mma_smem(int head_dim, int ksub, bool norm);
 
 }  // namespace million::cuda::detail

@@ -1,0 +1,447 @@
+// PQ decode attention on tensor cores with mma.sync (PQKernel::kMma; contract in
+// cuda_attention.h). No decoded tile ever touches shared memory: each thread looks the
+// centroids of its own matrix-fragment elements up in the shared-memory codebooks and feeds
+// them to the tensor cores from registers.
+//
+// Block: 16 warps on one (sequence split, kv head, sequence); both codebooks in shared memory
+// ([M][ksub][dsub] fp16, as in the file). Each warp walks its own contiguous run of 16-token
+// tiles with its own online softmax (no block barrier in the main loop); the warps' partials
+// are merged in shared memory at the end and written like the other kernels' (merge_kernel).
+// Per 16-token tile, with g = lane / 4 and c = lane % 4 (the mma fragment coordinates):
+//  - scores S[16 tokens x 8 heads] = K[16 x D] . Q^T[D x 8] (m16n8k16, D/16 k-steps; the G
+//    query heads padded to 8 columns). A thread's A elements are (token g or g+8, dims of
+//    subspaces m = 4j + c): with dsub 2 one 4-byte centroid per register, with dsub 4 one
+//    8-byte centroid per two registers (the k order inside a step is permuted to match; Q's
+//    fragments use the same order). The key code layout puts a thread's codes of one token in
+//    one contiguous M/4-byte run (interleave_pq_codes).
+//  - online softmax in the S fragment (a thread: tokens g, g+8 of heads 2c, 2c+1), exp2 with
+//    log2(e) folded into the queries; P to fp16, transposed by movmatrix into the B fragment of
+//    the value product.
+//  - values: O^T[D x 8] += V^T[D x 16 tokens] . P^T[16 x 8], D/16 m-tiles. A thread's A
+//    elements are (dims of subspace m = 8j + g, tokens 2c, 2c+1, 2c+8, 2c+9): rows g and g+8 of
+//    an m-tile are the two (dsub 2) or two of the four (dsub 4) dims of one centroid, so a
+//    lookup fills two rows and byte permutes build the registers. Value codes: M/8-byte runs.
+//  - normalisations (NORM): key token norms scale S rows, value token norms the probabilities
+//    fed to the value product (the softmax sums take the plain ones); key channel-groups scale
+//    the query fragments by the group's ranges and add the bias q . min (rebuilt when a warp's
+//    tile enters a new group: groups are multiples of 64 tokens, tiles never straddle them).
+// Accuracy: fp16 Q, P and (as stored) centroids, f32 accumulation: ~1e-3 of the output scale.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "backends/cuda/cuda_attention.h"
+#include "backends/cuda/decode_common.cuh"
+#include "million/error.h"
+
+namespace million::cuda {
+namespace detail {
+namespace {
+
+constexpr int kWarps = 16;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTok = 16;  // tokens per warp tile
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned transpose8x8(unsigned x) {
+  unsigned y;
+  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  unsigned u;
+  std::memcpy(&u, &h, 4);
+  return u;
+}
+
+// N bytes of codes as 32-bit words (N = 2: the low half of one word).
+template <int N>
+struct CodeRun {
+  static constexpr int kWords = N >= 4 ? N / 4 : 1;
+  unsigned w[kWords];
+  __device__ __forceinline__ void load(const std::uint8_t* src) {
+    if constexpr (N == 16) {
+      const uint4 x = __ldg(reinterpret_cast<const uint4*>(src));
+      w[0] = x.x, w[1] = x.y, w[2] = x.z, w[3] = x.w;
+    } else if constexpr (N == 8) {
+      const uint2 x = __ldg(reinterpret_cast<const uint2*>(src));
+      w[0] = x.x, w[1] = x.y;
+    } else if constexpr (N == 4) {
+      w[0] = __ldg(reinterpret_cast<const unsigned*>(src));
+    } else {
+      static_assert(N == 2);
+      w[0] = __ldg(reinterpret_cast<const unsigned short*>(src));
+    }
+  }
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) w[i] = 0;
+  }
+  __device__ __forceinline__ unsigned byte(int j) const { return (w[j / 4] >> (8 * (j % 4))) & 0xffu; }
+};
+
+// Dims of the two B-fragment registers of k-step ks (thread column c): the first of each pair.
+template <int DSUB>
+__device__ __forceinline__ int q_dim(int ks, int c, int reg) {
+  if constexpr (DSUB == 2) return 16 * ks + 2 * c + 8 * reg;
+  return 16 * ks + 4 * c + 2 * reg;
+}
+
+// One tile's loads (prefetched a tile ahead).
+template <int M, bool NORM>
+struct TileLoads {
+  CodeRun<M / 4> k[2];  // tokens g, g + 8
+  CodeRun<M / 8> v[4];  // tokens 2c, 2c + 1, 2c + 8, 2c + 9
+  unsigned short kn[2], vn[2];  // f16 bits of tokens g, g + 8 (NORM)
+};
+
+template <int D, int DSUB, int KSUB, bool NORM>
+__global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
+  constexpr int M = D / DSUB;
+  constexpr int KS = D / 16;  // k-steps of the score product, m-tiles of the value product
+  extern __shared__ __align__(16) unsigned char smem[];
+  // Layout: sQ [8][D] f32 (scaled queries, zero rows past G), sStat [2][kWarps][8] f32 (max,
+  // sum), sGP [kWarps][2][D] fp16 (NORM: a warp's key group (min, range)), then the codebooks
+  // cbK, cbV [M][ksub][DSUB] fp16; the merge reuses the codebooks' space as sAcc [kWarps][8][D].
+  float* sQ = reinterpret_cast<float*>(smem);
+  float* sStat = sQ + 8 * D;
+  __half* sGP = reinterpret_cast<__half*>(sStat + 2 * kWarps * 8);
+  __half* cbK = sGP + (NORM ? kWarps * 2 * D : 0);
+  float* sAcc = reinterpret_cast<float*>(cbK);
+  const int ksub = KSUB > 0 ? KSUB : p.ksub;
+  const int cb_elems = M * ksub * DSUB;
+  __half* cbV = cbK + cb_elems;
+
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5, g = lane >> 2, c = lane & 3;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int G = p.n_heads / p.n_kv_heads;
+  const std::int64_t seq = static_cast<std::int64_t>(b) * p.n_kv_heads + h;
+  {
+    const uint4* srcK = reinterpret_cast<const uint4*>(p.cb_k + h * p.cb_k_stride);
+    const uint4* srcV = reinterpret_cast<const uint4*>(p.cb_v + h * p.cb_v_stride);
+    uint4* dK = reinterpret_cast<uint4*>(cbK);
+    uint4* dV = reinterpret_cast<uint4*>(cbV);
+    for (int i = t; i < cb_elems / 8; i += kThreads) {
+      dK[i] = srcK[i];
+      dV[i] = srcV[i];
+    }
+    const float* q = p.q + (static_cast<std::int64_t>(b) * p.n_heads + static_cast<std::int64_t>(h) * G) * D;
+    const float qs = p.scale * kLog2e;
+    for (int i = t; i < 8 * D; i += kThreads) sQ[i] = i / D < G ? q[i] * qs : 0.0f;
+  }
+  __syncthreads();
+
+  // This warp's tiles: the block's split of the sequence cut into kWarps contiguous runs.
+  std::int64_t lo, hi;
+  {
+    const std::int64_t tiles = (p.n_tokens + kTok - 1) / kTok;
+    const std::int64_t blo = tiles * blockIdx.x / p.splits, bhi = tiles * (blockIdx.x + 1) / p.splits;
+    lo = blo + (bhi - blo) * warp / kWarps;
+    hi = blo + (bhi - blo) * (warp + 1) / kWarps;
+  }
+  const std::int64_t n_tokens = p.n_tokens;
+  const std::uint8_t* codes_k = p.codes_k + seq * p.capacity * M;
+  const std::uint8_t* codes_v = p.codes_v + seq * p.capacity * M;
+  const unsigned short* k_norm =
+      NORM && p.k_norm ? reinterpret_cast<const unsigned short*>(p.k_norm) + seq * p.capacity : nullptr;
+  const unsigned short* v_norm =
+      NORM && p.v_norm ? reinterpret_cast<const unsigned short*>(p.v_norm) + seq * p.capacity : nullptr;
+  const __half* k_gp = NORM && p.k_gp ? p.k_gp + seq * p.n_groups * 2 * D : nullptr;
+
+  // Query fragments (B of the score product): head g, this thread's dims of each k-step.
+  unsigned qf[KS][2];
+  auto build_q = [&](const __half* range) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int d = q_dim<DSUB>(ks, c, r);
+        float x0 = sQ[g * D + d], x1 = sQ[g * D + d + 1];
+        if (range) {
+          const float2 rg = __half22float2(*reinterpret_cast<const __half2*>(range + d));
+          x0 *= rg.x;
+          x1 *= rg.y;
+        }
+        qf[ks][r] = pack_half2(x0, x1);
+      }
+    }
+  };
+  build_q(nullptr);
+  float bias0 = 0.0f, bias1 = 0.0f;  // key channel-groups: q . min of heads 2c, 2c + 1 (scaled)
+  std::int64_t group_end = -1;      // first token past the current key group (NORM, k_gp)
+  __half* gp = sGP + warp * 2 * D;  // this warp's (min, range) rows
+
+  float acc[KS][4];
+#pragma unroll
+  for (int i = 0; i < KS; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // heads 2c, 2c + 1 (l: this thread's part)
+
+  const unsigned* cbK32 = reinterpret_cast<const unsigned*>(cbK);
+  const unsigned* cbV32 = reinterpret_cast<const unsigned*>(cbV);
+  const uint2* cbK64 = reinterpret_cast<const uint2*>(cbK);
+  const uint2* cbV64 = reinterpret_cast<const uint2*>(cbV);
+
+  auto load_tile = [&](std::int64_t tile, TileLoads<M, NORM>& L) {
+    const std::int64_t t0 = tile * kTok;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t tok = t0 + g + 8 * r;
+      if (tok < n_tokens) {
+        L.k[r].load(codes_k + tok * M + c * (M / 4));
+        if constexpr (NORM) {
+          L.kn[r] = k_norm ? __ldg(k_norm + tok) : 0;
+          L.vn[r] = v_norm ? __ldg(v_norm + tok) : 0;
+        }
+      } else {
+        L.k[r].zero();
+        if constexpr (NORM) L.kn[r] = L.vn[r] = 0;  // +0: never NaN times a zero probability
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const std::int64_t tok = t0 + 2 * c + (r & 1) + 8 * (r >> 1);
+      if (tok < n_tokens) {
+        L.v[r].load(codes_v + tok * M + g * (M / 8));
+      } else {
+        L.v[r].zero();
+      }
+    }
+  };
+
+  TileLoads<M, NORM> cur, nxt;
+  if (lo < hi) load_tile(lo, cur);
+  for (std::int64_t tile = lo; tile < hi; ++tile) {
+    if (tile + 1 < hi) load_tile(tile + 1, nxt);
+    const std::int64_t t0 = tile * kTok;
+    if (NORM && k_gp && t0 >= group_end) {  // a new key group: scaled queries and biases
+      const std::int64_t grp = t0 / p.norm_group;
+      group_end = (grp + 1) * p.norm_group;
+      __syncwarp();
+      if (lane < D / 4) {  // 2 * D halves, 16 bytes a lane
+        reinterpret_cast<uint4*>(gp)[lane] = __ldg(reinterpret_cast<const uint4*>(k_gp + grp * 2 * D) + lane);
+      }
+      __syncwarp();
+      build_q(gp + D);
+      float part = 0.0f;  // head g: this thread's dims of q . min
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int d = q_dim<DSUB>(ks, c, r);
+          const float2 mn = __half22float2(*reinterpret_cast<const __half2*>(gp + d));
+          part += sQ[g * D + d] * mn.x + sQ[g * D + d + 1] * mn.y;
+        }
+      }
+      part += __shfl_xor_sync(0xffffffffu, part, 1);
+      part += __shfl_xor_sync(0xffffffffu, part, 2);
+      bias0 = __shfl_sync(0xffffffffu, part, 8 * c);
+      bias1 = __shfl_sync(0xffffffffu, part, 8 * c + 4);
+    }
+
+    // Scores: S[token g / g + 8][head 2c / 2c + 1] in s[0..1] / s[2..3].
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      unsigned a[4];
+      if constexpr (DSUB == 2) {
+        // registers 0/1: subspace 8ks + c (code byte 2ks) of tokens g / g + 8; 2/3: 8ks + 4 + c.
+        const int m0s = 8 * ks + c, m1s = m0s + 4;
+        a[0] = cbK32[m0s * ksub + cur.k[0].byte(2 * ks)];
+        a[1] = cbK32[m0s * ksub + cur.k[1].byte(2 * ks)];
+        a[2] = cbK32[m1s * ksub + cur.k[0].byte(2 * ks + 1)];
+        a[3] = cbK32[m1s * ksub + cur.k[1].byte(2 * ks + 1)];
+      } else {
+        const int ms = 4 * ks + c;  // code byte ks
+        const uint2 e0 = cbK64[ms * ksub + cur.k[0].byte(ks)];
+        const uint2 e1 = cbK64[ms * ksub + cur.k[1].byte(ks)];
+        a[0] = e0.x, a[2] = e0.y, a[1] = e1.x, a[3] = e1.y;
+      }
+      mma16816(s, a[0], a[1], a[2], a[3], qf[ks][0], qf[ks][1]);
+    }
+    float pv[4];  // value-side factors of the probabilities (value token norms)
+    if constexpr (NORM) {
+      if (k_norm) {
+        const float n0 = __half2float(__ushort_as_half(cur.kn[0])), n1 = __half2float(__ushort_as_half(cur.kn[1]));
+        s[0] *= n0, s[1] *= n0, s[2] *= n1, s[3] *= n1;
+      }
+      if (k_gp) s[0] += bias0, s[1] += bias1, s[2] += bias0, s[3] += bias1;
+      const float v0 = v_norm ? __half2float(__ushort_as_half(cur.vn[0])) : 1.0f;
+      const float v1 = v_norm ? __half2float(__ushort_as_half(cur.vn[1])) : 1.0f;
+      pv[0] = pv[1] = v0, pv[2] = pv[3] = v1;
+    }
+    if (t0 + kTok > n_tokens) {  // the last tile: mask tokens past the end
+      if (t0 + g >= n_tokens) s[0] = s[1] = -INFINITY;
+      if (t0 + g + 8 >= n_tokens) s[2] = s[3] = -INFINITY;
+    }
+
+    // Online softmax over heads 2c (s[0], s[2]) and 2c + 1 (s[1], s[3]).
+    float x0 = fmaxf(s[0], s[2]), x1 = fmaxf(s[1], s[3]);
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) {
+      x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, o));
+      x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, o));
+    }
+    const float n0 = fmaxf(m0, x0), n1 = fmaxf(m1, x1);  // finite: every tile has a valid token
+    const float al0 = exp2f(m0 - n0), al1 = exp2f(m1 - n1);  // 0 while m = -inf
+    m0 = n0, m1 = n1;
+    float pr[4];
+    pr[0] = exp2f(s[0] - n0), pr[1] = exp2f(s[1] - n1), pr[2] = exp2f(s[2] - n0), pr[3] = exp2f(s[3] - n1);
+    l0 = l0 * al0 + pr[0] + pr[2];
+    l1 = l1 * al1 + pr[1] + pr[3];
+    if (__any_sync(0xffffffffu, al0 != 1.0f || al1 != 1.0f)) {
+#pragma unroll
+      for (int i = 0; i < KS; ++i) acc[i][0] *= al0, acc[i][1] *= al1, acc[i][2] *= al0, acc[i][3] *= al1;
+    }
+    if constexpr (NORM) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) pr[i] *= pv[i];
+    }
+    // P^T fragment: rows k = tokens 2c, 2c + 1 (b0) and 2c + 8, 2c + 9 (b1), column head g.
+    const unsigned b0 = transpose8x8(pack_half2(pr[0], pr[1]));
+    const unsigned b1 = transpose8x8(pack_half2(pr[2], pr[3]));
+
+    // Values: m-tile i, rows g / g + 8 = the dims of subspace 8j + g (see the header).
+#pragma unroll
+    for (int j = 0; j < M / 8; ++j) {
+      const int ms = 8 * j + g;
+      if constexpr (DSUB == 2) {
+        const unsigned e0 = cbV32[ms * ksub + cur.v[0].byte(j)], e1 = cbV32[ms * ksub + cur.v[1].byte(j)];
+        const unsigned e8 = cbV32[ms * ksub + cur.v[2].byte(j)], e9 = cbV32[ms * ksub + cur.v[3].byte(j)];
+        mma16816(acc[j], __byte_perm(e0, e1, 0x5410), __byte_perm(e0, e1, 0x7632), __byte_perm(e8, e9, 0x5410),
+                 __byte_perm(e8, e9, 0x7632), b0, b1);
+      } else {
+        const uint2 e0 = cbV64[ms * ksub + cur.v[0].byte(j)], e1 = cbV64[ms * ksub + cur.v[1].byte(j)];
+        const uint2 e8 = cbV64[ms * ksub + cur.v[2].byte(j)], e9 = cbV64[ms * ksub + cur.v[3].byte(j)];
+        mma16816(acc[2 * j], __byte_perm(e0.x, e1.x, 0x5410), __byte_perm(e0.x, e1.x, 0x7632),
+                 __byte_perm(e8.x, e9.x, 0x5410), __byte_perm(e8.x, e9.x, 0x7632), b0, b1);
+        mma16816(acc[2 * j + 1], __byte_perm(e0.y, e1.y, 0x5410), __byte_perm(e0.y, e1.y, 0x7632),
+                 __byte_perm(e8.y, e9.y, 0x5410), __byte_perm(e8.y, e9.y, 0x7632), b0, b1);
+      }
+    }
+    cur = nxt;
+  }
+
+  // The warp's sums over its lanes; partials to shared memory; merge over the warps.
+#pragma unroll
+  for (int o = 4; o < 32; o <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, o);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, o);
+  }
+  __syncthreads();  // every warp is done with the codebooks: sAcc overwrites them
+  if (g == 0) {
+    sStat[warp * 8 + 2 * c] = m0;
+    sStat[warp * 8 + 2 * c + 1] = m1;
+    sStat[(kWarps + warp) * 8 + 2 * c] = l0;
+    sStat[(kWarps + warp) * 8 + 2 * c + 1] = l1;
+  }
+  float* wacc = sAcc + warp * 8 * D;  // [head][dim]
+#pragma unroll
+  for (int i = 0; i < KS; ++i) {
+    // Rows g / g + 8 of m-tile i: dims 16i + 2g / + 1 (dsub 2); 32(i/2) + 4g + 2(i%2) / + 1 (dsub 4).
+    const int d = DSUB == 2 ? 16 * i + 2 * g : 32 * (i / 2) + 4 * g + 2 * (i % 2);
+    wacc[(2 * c) * D + d] = acc[i][0];
+    wacc[(2 * c + 1) * D + d] = acc[i][1];
+    wacc[(2 * c) * D + d + 1] = acc[i][2];
+    wacc[(2 * c + 1) * D + d + 1] = acc[i][3];
+  }
+  __syncthreads();
+  constexpr float kLn2 = 0.6931471805599453f;
+  for (int i = t; i < G * (D + 2); i += kThreads) {
+    const int j = i / (D + 2), col = i % (D + 2);
+    float mx = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sStat[w * 8 + j]);
+    float v = 0.0f;
+    if (col == D) {
+      v = mx * kLn2;  // the merge works in natural-log units
+    } else {
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = sStat[w * 8 + j];
+        if (mw == -INFINITY) continue;  // a warp without tokens
+        v += exp2f(mw - mx) * (col < D ? sAcc[(w * 8 + j) * D + col] : sStat[(kWarps + w) * 8 + j]);
+      }
+    }
+    const std::int64_t head = static_cast<std::int64_t>(b) * p.n_heads + static_cast<std::int64_t>(h) * G + j;
+    p.ws[(head * p.splits + blockIdx.x) * (D + 2) + col] = v;
+  }
+}
+
+std::size_t mma_smem(int D, int ksub, bool norm) {
+  const std::size_t fixed = sizeof(float) * (8 * D + 2 * kWarps * 8) + (norm ? sizeof(__half) * kWarps * 2 * D : 0);
+  const std::size_t books = 2 * sizeof(__half) * static_cast<std::size_t>(D) * ksub;  // M * ksub * dsub each
+  const std::size_t merge = sizeof(float) * kWarps * 8 * D;
+  return fixed + std::max(books, merge);
+}
+
+template <int D, int DSUB, int KSUB, bool NORM>
+void run(const PQParams& p, int batch, int n_kv_heads, cudaStream_t stream) {
+  const std::size_t smem = mma_smem(D, p.ksub, NORM);
+  auto kernel = pq_mma_kernel<D, DSUB, KSUB, NORM>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+        "cudaFuncSetAttribute(max dynamic shared memory)");
+  kernel<<<dim3(p.splits, n_kv_heads, batch), kThreads, smem, stream>>>(p);
+  check(cudaGetLastError(), "PQ mma kernel launch");
+}
+
+template <int D, int DSUB>
+void run_k(const PQParams& p, bool norm, int batch, int n_kv_heads, cudaStream_t stream) {
+  if (p.ksub == 256) {
+    return norm ? run<D, DSUB, 256, true>(p, batch, n_kv_heads, stream)
+                : run<D, DSUB, 256, false>(p, batch, n_kv_heads, stream);
+  }
+  return norm ? run<D, DSUB, 0, true>(p, batch, n_kv_heads, stream) : run<D, DSUB, 0, false>(p, batch, n_kv_heads, stream);
+}
+
+}  // namespace
+
+void launch_pq_mma(const PQParams& p, int head_dim, int dsub, int batch, int n_kv_heads, cudaStream_t stream) {
+  const bool norm = p.k_norm || p.v_norm || p.k_gp;
+  if (p.v_gp) throw InvalidArgumentError("CUDA PQ attention: the mma kernel has no value channel-groups");
+  if (head_dim == 128 && dsub == 2) return run_k<128, 2>(p, norm, batch, n_kv_heads, stream);
+  if (head_dim == 128 && dsub == 4) return run_k<128, 4>(p, norm, batch, n_kv_heads, stream);
+  if (head_dim == 64 && dsub == 2) return run_k<64, 2>(p, norm, batch, n_kv_heads, stream);
+  return run_k<64, 4>(p, norm, batch, n_kv_heads, stream);
+}
+
+std::size_t pq_mma_smem(int head_dim, int ksub, bool norm) { return mma_smem(head_dim, ksub, norm); }
+
+}  // namespace detail
+
+int pq_mma_blocks_per_sm(const PQDecodeArgs& a) {
+  int dev = 0, per_sm = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev), "shared memory per SM");
+  const std::size_t need = detail::pq_mma_smem(a.shape.head_dim, a.ksub, a.normalised()) + 1024;  // + the per-block reserve
+  return std::max(1, std::min(2048 / detail::kThreads, static_cast<int>(static_cast<std::size_t>(per_sm) / need)));
+}
+
+int choose_splits_mma(const DecodeShape& s, int sm_count, int blocks_per_sm) {
+  const std::int64_t pairs = static_cast<std::int64_t>(s.batch) * s.n_kv_heads;
+  const std::int64_t tiles = (s.n_tokens + 511) / 512;
+  const std::int64_t want = static_cast<std::int64_t>(sm_count) * blocks_per_sm / pairs;
+  return static_cast<int>(std::max<std::int64_t>(1, std::min(want, tiles)));
+}
+
+void interleave_pq_codes(const std::uint8_t* src, std::uint8_t* dst, std::size_t rows, int M, bool values) {
+  if (M < 8 || M % 8 != 0) throw InvalidArgumentError("interleave_pq_codes: M must be a multiple of 8");
+  const int step = values ? 8 : 4, run = M / step;
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::uint8_t* s = src + r * M;
+    std::uint8_t* d = dst + r * M;
+    for (int m = 0; m < M; ++m) d[(m % step) * run + m / step] = s[m];
+  }
+}
+
+}  // namespace million::cuda
