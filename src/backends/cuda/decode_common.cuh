@@ -71,6 +71,6 @@ __device__ inline void load_centroid(const __half* cen, float (&c)[DSUB]) {
 // pq_decode_mma.cu: the tensor-core kernel (p.splits blocks per sequence and kv head).
 void launch_pq_mma(const PQParams& p, int head_dim, int dsub, int batch, int n_kv_heads, cudaStream_t stream);
 // Its dynamic shared memory per block.
-std::size_t pq_mma_smem(int head_dim, int ksub, bool norm);
+std::size_t pq_mma_smem(int head_dim, int M, int ksub, bool norm);
 
 }  // namespace million::cuda::detail

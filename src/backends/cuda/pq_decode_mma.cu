@@ -8,6 +8,11 @@
 // tiles with its own online softmax (no block barrier in the main loop); the warps' partials
 // are merged in shared memory at the end and written like the other kernels' (merge_kernel).
 // Per 16-token tile, with g = lane / 4 and c = lane % 4 (the mma fragment coordinates):
+//  - codebooks: copied asynchronously into shared memory with the subspaces of one lookup
+//    instruction interleaved (cb_align), so that lanes of different subspaces never collide in
+//    a bank and a lookup address is one shift and one logic op. Lanes of one subspace with
+//    different random codes still collide (~3 wavefronts a warp-wide lookup): shared memory,
+//    not DRAM, bounds this kernel at 4 bits.
 //  - scores S[16 tokens x 8 heads] = K[16 x D] . Q^T[D x 8] (m16n8k16, D/16 k-steps; the G
 //    query heads padded to 8 columns). A thread's A elements are (token g or g+8, dims of
 //    subspaces m = 4j + c): with dsub 2 one 4-byte centroid per register, with dsub 4 one
@@ -45,6 +50,17 @@ constexpr int kWarps = 16;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTok = 16;  // tokens per warp tile
 constexpr float kLog2e = 1.4426950408889634f;
+// Codebook layout in shared memory, per kind: the subspaces a warp-wide lookup touches (S = 4
+// for keys: m = 4j + c; S = 8 for values: m = 8j + g) interleaved, centroid `code` of subspace
+// m at byte (m / S) * S * ksub * ES + code * S * ES + (m % S) * ES (ES: bytes per centroid).
+// Subspace m's centroids then sit in the banks congruent to its m % S (mod S * ES / 4): random
+// codes collide only among the lanes of one subspace (simulated: 3.2 instead of 3.4 wavefronts
+// a key lookup, 2.9 instead of 3.5 a value lookup, 4-byte centroids), and the address of a
+// lookup is code << log2(S * ES) or'ed into the thread's base: the tables start at a multiple
+// of 256 * S * ES (values first at the aligned address, keys after them).
+constexpr unsigned cb_align(int es) { return 256u * 8u * static_cast<unsigned>(es); }
+template <int D>
+constexpr int kMergeBytes = static_cast<int>(sizeof(float)) * kWarps * 8 * D;  // sAcc
 
 __device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                                          unsigned b0, unsigned b1) {
@@ -65,6 +81,32 @@ __device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
   unsigned u;
   std::memcpy(&u, &h, 4);
   return u;
+}
+
+// 32- and 64-bit shared-memory loads at a 32-bit shared address (the lookups' address is one
+// logic op: code bits or'ed into an aligned per-thread base, the subspace as an immediate).
+__device__ __forceinline__ unsigned lds32(unsigned addr) {
+  unsigned v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ uint2 lds64(unsigned addr) {
+  uint2 v;
+  asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr));
+  return v;
+}
+
+// Byte k of w times 2^SH: one shift and one mask.
+template <int SH>
+__device__ __forceinline__ unsigned code_off(unsigned w, int k) {
+  const unsigned x = 8 * k >= SH ? w >> (8 * k - SH) : w << (SH - 8 * k);
+  return x & (0xFFu << SH);
+}
+
+__device__ __forceinline__ float ex2(float x) {  // 2^x; -inf gives +0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // N bytes of codes as 32-bit words (N = 2: the low half of one word).
@@ -90,8 +132,18 @@ struct CodeRun {
 #pragma unroll
     for (int i = 0; i < kWords; ++i) w[i] = 0;
   }
-  __device__ __forceinline__ unsigned byte(int j) const { return (w[j / 4] >> (8 * (j % 4))) & 0xffu; }
+  // Code j times 2^SH (the stride of one code in the interleaved codebook).
+  template <int SH>
+  __device__ __forceinline__ unsigned off(int j) const {
+    return code_off<SH>(w[j / 4], j % 4);
+  }
 };
+
+template <int BYTES>  // 4, 8 or 16
+__device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(gmem_src), "n"(BYTES) : "memory");
+}
 
 // Dims of the two B-fragment registers of k-step ks (thread column c): the first of each pair.
 template <int DSUB>
@@ -111,33 +163,40 @@ struct TileLoads {
 template <int D, int DSUB, int KSUB, bool NORM>
 __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
   constexpr int M = D / DSUB;
-  constexpr int KS = D / 16;  // k-steps of the score product, m-tiles of the value product
+  constexpr int KS = D / 16;        // k-steps of the score product, m-tiles of the value product
+  constexpr int ES = DSUB * 2;      // bytes per centroid
   extern __shared__ __align__(16) unsigned char smem[];
-  // Layout: sQ [8][D] f32 (scaled queries, zero rows past G), sStat [2][kWarps][8] f32 (max,
-  // sum), sGP [kWarps][2][D] fp16 (NORM: a warp's key group (min, range)), then the codebooks
-  // cbK, cbV [M][ksub][DSUB] fp16; the merge reuses the codebooks' space as sAcc [kWarps][8][D].
-  float* sQ = reinterpret_cast<float*>(smem);
+  // Layout: the codebooks first (values, then keys; interleaved, see cb_align) at an aligned
+  // shared address (cb_align(ES) bytes of slack allocated), then sQ [8][D] f32 (scaled
+  // queries, zero rows past G), sStat [2][kWarps][8] f32 (max, sum), sGP [kWarps][2][D] fp16
+  // (NORM: a warp's key group (min, range)). The merge reuses the codebooks' space as sAcc
+  // [kWarps][8][D] f32.
+  const int ksub = KSUB > 0 ? KSUB : p.ksub;
+  const int cb_bytes = M * ksub * ES;  // one codebook
+  constexpr unsigned kAlign = cb_align(ES);
+  const unsigned s0 = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const unsigned cb_s = (s0 + kAlign - 1) & ~(kAlign - 1u);  // shared address of the value codebook
+  unsigned char* cb = smem + (cb_s - s0);
+  float* sAcc = reinterpret_cast<float*>(cb);
+  float* sQ = reinterpret_cast<float*>(cb + (2 * cb_bytes > kMergeBytes<D> ? 2 * cb_bytes : kMergeBytes<D>));
   float* sStat = sQ + 8 * D;
   __half* sGP = reinterpret_cast<__half*>(sStat + 2 * kWarps * 8);
-  __half* cbK = sGP + (NORM ? kWarps * 2 * D : 0);
-  float* sAcc = reinterpret_cast<float*>(cbK);
-  const int ksub = KSUB > 0 ? KSUB : p.ksub;
-  const int cb_elems = M * ksub * DSUB;
-  __half* cbV = cbK + cb_elems;
 
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5, g = lane >> 2, c = lane & 3;
   const int h = blockIdx.y, b = blockIdx.z;
   const int G = p.n_heads / p.n_kv_heads;
   const std::int64_t seq = static_cast<std::int64_t>(b) * p.n_kv_heads + h;
   {
-    const uint4* srcK = reinterpret_cast<const uint4*>(p.cb_k + h * p.cb_k_stride);
-    const uint4* srcV = reinterpret_cast<const uint4*>(p.cb_v + h * p.cb_v_stride);
-    uint4* dK = reinterpret_cast<uint4*>(cbK);
-    uint4* dV = reinterpret_cast<uint4*>(cbV);
-    for (int i = t; i < cb_elems / 8; i += kThreads) {
-      dK[i] = srcK[i];
-      dV[i] = srcV[i];
+    // Codebooks by asynchronous copies of one centroid each (all in flight at once), into the
+    // interleaved layout.
+    const unsigned char* srcK = reinterpret_cast<const unsigned char*>(p.cb_k + h * p.cb_k_stride);
+    const unsigned char* srcV = reinterpret_cast<const unsigned char*>(p.cb_v + h * p.cb_v_stride);
+    for (int e = t; e < M * ksub; e += kThreads) {
+      const int m = e / ksub, code = e % ksub;
+      cp_async<ES>(cb + cb_bytes + ((m / 4) * 4 * ksub + code * 4 + m % 4) * ES, srcK + e * ES);
+      cp_async<ES>(cb + ((m / 8) * 8 * ksub + code * 8 + m % 8) * ES, srcV + e * ES);
     }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
     const float* q = p.q + (static_cast<std::int64_t>(b) * p.n_heads + static_cast<std::int64_t>(h) * G) * D;
     const float qs = p.scale * kLog2e;
     for (int i = t; i < 8 * D; i += kThreads) sQ[i] = i / D < G ? q[i] * qs : 0.0f;
@@ -153,12 +212,14 @@ __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
     hi = blo + (bhi - blo) * (warp + 1) / kWarps;
   }
   const std::int64_t n_tokens = p.n_tokens;
-  const std::uint8_t* codes_k = p.codes_k + seq * p.capacity * M;
-  const std::uint8_t* codes_v = p.codes_v + seq * p.capacity * M;
-  const unsigned short* k_norm =
-      NORM && p.k_norm ? reinterpret_cast<const unsigned short*>(p.k_norm) + seq * p.capacity : nullptr;
-  const unsigned short* v_norm =
-      NORM && p.v_norm ? reinterpret_cast<const unsigned short*>(p.v_norm) + seq * p.capacity : nullptr;
+  // Next tile to load: key codes of token g (+8 rows: 8 * M), value codes of token 2c (+1, +8,
+  // +9 tokens), norms of token g; advanced a tile at a time.
+  const std::uint8_t* kp = p.codes_k + (seq * p.capacity + lo * kTok + g) * M + c * (M / 4);
+  const std::uint8_t* vp = p.codes_v + (seq * p.capacity + lo * kTok + 2 * c) * M + g * (M / 8);
+  const unsigned short* knp =
+      NORM && p.k_norm ? reinterpret_cast<const unsigned short*>(p.k_norm) + seq * p.capacity + lo * kTok + g : nullptr;
+  const unsigned short* vnp =
+      NORM && p.v_norm ? reinterpret_cast<const unsigned short*>(p.v_norm) + seq * p.capacity + lo * kTok + g : nullptr;
   const __half* k_gp = NORM && p.k_gp ? p.k_gp + seq * p.n_groups * 2 * D : nullptr;
 
   // Query fragments (B of the score product): head g, this thread's dims of each k-step.
@@ -189,43 +250,69 @@ __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
   for (int i = 0; i < KS; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // heads 2c, 2c + 1 (l: this thread's part)
 
-  const unsigned* cbK32 = reinterpret_cast<const unsigned*>(cbK);
-  const unsigned* cbV32 = reinterpret_cast<const unsigned*>(cbV);
-  const uint2* cbK64 = reinterpret_cast<const uint2*>(cbK);
-  const uint2* cbV64 = reinterpret_cast<const uint2*>(cbV);
+  // Lookup bases (cb_align's layout): keys m = 4j + c, this thread's (m % 4) part in kb;
+  // values m = 8j + g, the g part in vb; m / S is an immediate. With KSUB known the code
+  // offset is or'ed in (the bases' bits below 256 * S * ES are the m % S part alone).
+  constexpr int kShK = ES == 4 ? 4 : 5, kShV = kShK + 1;  // log2(S * ES)
+  const unsigned vb = cb_s + g * ES, kb = cb_s + cb_bytes + c * ES;
+  auto lookup_addr = [&](unsigned base, unsigned off, int block_bytes_per_ksub, int block) -> unsigned {
+    if constexpr (KSUB > 0) return (base | off) + block * (block_bytes_per_ksub * KSUB);
+    return base + off + block * (block_bytes_per_ksub * ksub);
+  };
+  auto kaddr = [&](unsigned off, int m_block) { return lookup_addr(kb, off, 4 * ES, m_block); };
+  auto vaddr = [&](unsigned off, int m_block) { return lookup_addr(vb, off, 8 * ES, m_block); };
 
-  auto load_tile = [&](std::int64_t tile, TileLoads<M, NORM>& L) {
-    const std::int64_t t0 = tile * kTok;
+  auto load_tile = [&](TileLoads<M, NORM>& L, std::int64_t t0) {
+    if (t0 + kTok <= n_tokens) {
+      L.k[0].load(kp);
+      L.k[1].load(kp + 8 * M);
+      L.v[0].load(vp);
+      L.v[1].load(vp + M);
+      L.v[2].load(vp + 8 * M);
+      L.v[3].load(vp + 9 * M);
+      if constexpr (NORM) {
+        L.kn[0] = knp ? __ldg(knp) : 0;
+        L.kn[1] = knp ? __ldg(knp + 8) : 0;
+        L.vn[0] = vnp ? __ldg(vnp) : 0;
+        L.vn[1] = vnp ? __ldg(vnp + 8) : 0;
+      }
+    } else {  // the last tile: tokens past the end get code 0 and norm +0 (never NaN times 0)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const std::int64_t tok = t0 + g + 8 * r;
-      if (tok < n_tokens) {
-        L.k[r].load(codes_k + tok * M + c * (M / 4));
-        if constexpr (NORM) {
-          L.kn[r] = k_norm ? __ldg(k_norm + tok) : 0;
-          L.vn[r] = v_norm ? __ldg(v_norm + tok) : 0;
+      for (int r = 0; r < 2; ++r) {
+        const bool in = t0 + g + 8 * r < n_tokens;
+        if (in) {
+          L.k[r].load(kp + 8 * r * M);
+        } else {
+          L.k[r].zero();
         }
-      } else {
-        L.k[r].zero();
-        if constexpr (NORM) L.kn[r] = L.vn[r] = 0;  // +0: never NaN times a zero probability
+        if constexpr (NORM) {
+          L.kn[r] = in && knp ? __ldg(knp + 8 * r) : 0;
+          L.vn[r] = in && vnp ? __ldg(vnp + 8 * r) : 0;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int dt = (r & 1) + 8 * (r >> 1);
+        if (t0 + 2 * c + dt < n_tokens) {
+          L.v[r].load(vp + dt * M);
+        } else {
+          L.v[r].zero();
+        }
       }
     }
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const std::int64_t tok = t0 + 2 * c + (r & 1) + 8 * (r >> 1);
-      if (tok < n_tokens) {
-        L.v[r].load(codes_v + tok * M + g * (M / 8));
-      } else {
-        L.v[r].zero();
-      }
+    kp += kTok * M;
+    vp += kTok * M;
+    if constexpr (NORM) {
+      if (knp) knp += kTok;
+      if (vnp) vnp += kTok;
     }
   };
 
   TileLoads<M, NORM> cur, nxt;
-  if (lo < hi) load_tile(lo, cur);
+  if (lo < hi) load_tile(cur, lo * kTok);
   for (std::int64_t tile = lo; tile < hi; ++tile) {
-    if (tile + 1 < hi) load_tile(tile + 1, nxt);
     const std::int64_t t0 = tile * kTok;
+    if (tile + 1 < hi) load_tile(nxt, t0 + kTok);
     if (NORM && k_gp && t0 >= group_end) {  // a new key group: scaled queries and biases
       const std::int64_t grp = t0 / p.norm_group;
       group_end = (grp + 1) * p.norm_group;
@@ -257,29 +344,28 @@ __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
     for (int ks = 0; ks < KS; ++ks) {
       unsigned a[4];
       if constexpr (DSUB == 2) {
-        // registers 0/1: subspace 8ks + c (code byte 2ks) of tokens g / g + 8; 2/3: 8ks + 4 + c.
-        const int m0s = 8 * ks + c, m1s = m0s + 4;
-        a[0] = cbK32[m0s * ksub + cur.k[0].byte(2 * ks)];
-        a[1] = cbK32[m0s * ksub + cur.k[1].byte(2 * ks)];
-        a[2] = cbK32[m1s * ksub + cur.k[0].byte(2 * ks + 1)];
-        a[3] = cbK32[m1s * ksub + cur.k[1].byte(2 * ks + 1)];
-      } else {
-        const int ms = 4 * ks + c;  // code byte ks
-        const uint2 e0 = cbK64[ms * ksub + cur.k[0].byte(ks)];
-        const uint2 e1 = cbK64[ms * ksub + cur.k[1].byte(ks)];
+        // registers 0/1: subspace 8ks + c = 4(2ks) + c (code byte 2ks) of tokens g / g + 8;
+        // 2/3: 4(2ks + 1) + c (code byte 2ks + 1).
+        a[0] = lds32(kaddr(cur.k[0].template off<kShK>(2 * ks), 2 * ks));
+        a[1] = lds32(kaddr(cur.k[1].template off<kShK>(2 * ks), 2 * ks));
+        a[2] = lds32(kaddr(cur.k[0].template off<kShK>(2 * ks + 1), 2 * ks + 1));
+        a[3] = lds32(kaddr(cur.k[1].template off<kShK>(2 * ks + 1), 2 * ks + 1));
+      } else {  // subspace 4ks + c (code byte ks): one 8-byte centroid, registers 0/2 and 1/3
+        const uint2 e0 = lds64(kaddr(cur.k[0].template off<kShK>(ks), ks));
+        const uint2 e1 = lds64(kaddr(cur.k[1].template off<kShK>(ks), ks));
         a[0] = e0.x, a[2] = e0.y, a[1] = e1.x, a[3] = e1.y;
       }
       mma16816(s, a[0], a[1], a[2], a[3], qf[ks][0], qf[ks][1]);
     }
     float pv[4];  // value-side factors of the probabilities (value token norms)
     if constexpr (NORM) {
-      if (k_norm) {
+      if (knp) {
         const float n0 = __half2float(__ushort_as_half(cur.kn[0])), n1 = __half2float(__ushort_as_half(cur.kn[1]));
         s[0] *= n0, s[1] *= n0, s[2] *= n1, s[3] *= n1;
       }
       if (k_gp) s[0] += bias0, s[1] += bias1, s[2] += bias0, s[3] += bias1;
-      const float v0 = v_norm ? __half2float(__ushort_as_half(cur.vn[0])) : 1.0f;
-      const float v1 = v_norm ? __half2float(__ushort_as_half(cur.vn[1])) : 1.0f;
+      const float v0 = vnp ? __half2float(__ushort_as_half(cur.vn[0])) : 1.0f;
+      const float v1 = vnp ? __half2float(__ushort_as_half(cur.vn[1])) : 1.0f;
       pv[0] = pv[1] = v0, pv[2] = pv[3] = v1;
     }
     if (t0 + kTok > n_tokens) {  // the last tile: mask tokens past the end
@@ -295,10 +381,10 @@ __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
       x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, o));
     }
     const float n0 = fmaxf(m0, x0), n1 = fmaxf(m1, x1);  // finite: every tile has a valid token
-    const float al0 = exp2f(m0 - n0), al1 = exp2f(m1 - n1);  // 0 while m = -inf
+    const float al0 = ex2(m0 - n0), al1 = ex2(m1 - n1);  // 0 while m = -inf
     m0 = n0, m1 = n1;
     float pr[4];
-    pr[0] = exp2f(s[0] - n0), pr[1] = exp2f(s[1] - n1), pr[2] = exp2f(s[2] - n0), pr[3] = exp2f(s[3] - n1);
+    pr[0] = ex2(s[0] - n0), pr[1] = ex2(s[1] - n1), pr[2] = ex2(s[2] - n0), pr[3] = ex2(s[3] - n1);
     l0 = l0 * al0 + pr[0] + pr[2];
     l1 = l1 * al1 + pr[1] + pr[3];
     if (__any_sync(0xffffffffu, al0 != 1.0f || al1 != 1.0f)) {
@@ -313,18 +399,21 @@ __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
     const unsigned b0 = transpose8x8(pack_half2(pr[0], pr[1]));
     const unsigned b1 = transpose8x8(pack_half2(pr[2], pr[3]));
 
-    // Values: m-tile i, rows g / g + 8 = the dims of subspace 8j + g (see the header).
+    // Values: m-tile rows g / g + 8 = the dims of subspace 8j + g (code byte j; see the header).
 #pragma unroll
     for (int j = 0; j < M / 8; ++j) {
-      const int ms = 8 * j + g;
       if constexpr (DSUB == 2) {
-        const unsigned e0 = cbV32[ms * ksub + cur.v[0].byte(j)], e1 = cbV32[ms * ksub + cur.v[1].byte(j)];
-        const unsigned e8 = cbV32[ms * ksub + cur.v[2].byte(j)], e9 = cbV32[ms * ksub + cur.v[3].byte(j)];
+        const unsigned e0 = lds32(vaddr(cur.v[0].template off<kShV>(j), j));
+        const unsigned e1 = lds32(vaddr(cur.v[1].template off<kShV>(j), j));
+        const unsigned e8 = lds32(vaddr(cur.v[2].template off<kShV>(j), j));
+        const unsigned e9 = lds32(vaddr(cur.v[3].template off<kShV>(j), j));
         mma16816(acc[j], __byte_perm(e0, e1, 0x5410), __byte_perm(e0, e1, 0x7632), __byte_perm(e8, e9, 0x5410),
                  __byte_perm(e8, e9, 0x7632), b0, b1);
       } else {
-        const uint2 e0 = cbV64[ms * ksub + cur.v[0].byte(j)], e1 = cbV64[ms * ksub + cur.v[1].byte(j)];
-        const uint2 e8 = cbV64[ms * ksub + cur.v[2].byte(j)], e9 = cbV64[ms * ksub + cur.v[3].byte(j)];
+        const uint2 e0 = lds64(vaddr(cur.v[0].template off<kShV>(j), j));
+        const uint2 e1 = lds64(vaddr(cur.v[1].template off<kShV>(j), j));
+        const uint2 e8 = lds64(vaddr(cur.v[2].template off<kShV>(j), j));
+        const uint2 e9 = lds64(vaddr(cur.v[3].template off<kShV>(j), j));
         mma16816(acc[2 * j], __byte_perm(e0.x, e1.x, 0x5410), __byte_perm(e0.x, e1.x, 0x7632),
                  __byte_perm(e8.x, e9.x, 0x5410), __byte_perm(e8.x, e9.x, 0x7632), b0, b1);
         mma16816(acc[2 * j + 1], __byte_perm(e0.y, e1.y, 0x5410), __byte_perm(e0.y, e1.y, 0x7632),
@@ -378,16 +467,17 @@ __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
   }
 }
 
-std::size_t mma_smem(int D, int ksub, bool norm) {
-  const std::size_t fixed = sizeof(float) * (8 * D + 2 * kWarps * 8) + (norm ? sizeof(__half) * kWarps * 2 * D : 0);
+std::size_t mma_smem(int D, int M, int ksub, bool norm) {
+  const int es = 2 * (D / M);
   const std::size_t books = 2 * sizeof(__half) * static_cast<std::size_t>(D) * ksub;  // M * ksub * dsub each
   const std::size_t merge = sizeof(float) * kWarps * 8 * D;
-  return fixed + std::max(books, merge);
+  const std::size_t fixed = sizeof(float) * (8 * D + 2 * kWarps * 8) + (norm ? sizeof(__half) * kWarps * 2 * D : 0);
+  return cb_align(es) + std::max(books, merge) + fixed;
 }
 
 template <int D, int DSUB, int KSUB, bool NORM>
 void run(const PQParams& p, int batch, int n_kv_heads, cudaStream_t stream) {
-  const std::size_t smem = mma_smem(D, p.ksub, NORM);
+  const std::size_t smem = mma_smem(D, D / DSUB, p.ksub, NORM);
   auto kernel = pq_mma_kernel<D, DSUB, KSUB, NORM>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
         "cudaFuncSetAttribute(max dynamic shared memory)");
@@ -415,7 +505,7 @@ void launch_pq_mma(const PQParams& p, int head_dim, int dsub, int batch, int n_k
   return run_k<64, 4>(p, norm, batch, n_kv_heads, stream);
 }
 
-std::size_t pq_mma_smem(int head_dim, int ksub, bool norm) { return mma_smem(head_dim, ksub, norm); }
+std::size_t pq_mma_smem(int head_dim, int M, int ksub, bool norm) { return mma_smem(head_dim, M, ksub, norm); }
 
 }  // namespace detail
 
@@ -423,7 +513,7 @@ int pq_mma_blocks_per_sm(const PQDecodeArgs& a) {
   int dev = 0, per_sm = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev), "shared memory per SM");
-  const std::size_t need = detail::pq_mma_smem(a.shape.head_dim, a.ksub, a.normalised()) + 1024;  // + the per-block reserve
+  const std::size_t need = detail::pq_mma_smem(a.shape.head_dim, a.M, a.ksub, a.normalised()) + 1024;  // + the per-block reserve
   return std::max(1, std::min(2048 / detail::kThreads, static_cast<int>(static_cast<std::size_t>(per_sm) / need)));
 }
 
