@@ -26,6 +26,8 @@
 #include "core/half.h"
 #include "kernels/dense_attention.h"
 #include "million/error.h"
+#include "pq/codebook.h"
+#include "pq/encode.h"
 
 namespace million::cuda {
 namespace {
@@ -415,6 +417,126 @@ TEST(CudaDecodeAttention, NormalisedPQEqualsDenseAttentionOverDecodedKV) {
     }
   }
   std::printf("normalised PQ worst relative error: CUDA cores %.3g, mma (tensor cores) %.3g\n", worst, worst_mma);
+}
+
+// The device encoder against pq_encode_ref: every code equal, or (f32 vs double distances) a
+// centroid as near as the reference's within rounding; rows outside [pos0, pos0 + n) and
+// other sequences' rows untouched; each code order lands where interleave_pq_codes puts it.
+TEST(CudaPQEncode, MatchesReferenceEncoder) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist;
+  struct Case {
+    int batch, n_kv, D, M, nbits, n_tokens;
+    bool shared;
+  };
+  const Case cases[] = {{1, 8, 128, 64, 8, 1, false}, {2, 4, 128, 32, 8, 37, false}, {1, 2, 64, 16, 4, 300, true},
+                        {3, 1, 64, 32, 8, 5, false},  {1, 2, 128, 128, 6, 9, false}};
+  int mismatches = 0, near_ties = 0;
+  for (const Case& k : cases) {
+    PQCodebook cb;
+    cb.head_dim = k.D;
+    cb.M = k.M;
+    cb.nbits = k.nbits;
+    const int ksub = 1 << k.nbits, dsub = k.D / k.M;
+    const int n_books = k.shared ? 1 : k.n_kv;
+    std::vector<std::vector<float>> books(static_cast<std::size_t>(n_books));
+    std::vector<float> all;
+    for (auto& bk : books) {
+      bk.resize(static_cast<std::size_t>(k.M) * ksub * dsub);
+      for (auto& x : bk) x = dist(rng);
+      all.insert(all.end(), bk.begin(), bk.end());
+    }
+    const int n_sh = k.batch * k.n_kv;
+    const std::int64_t capacity = k.n_tokens + 11, pos0 = 7;
+    std::vector<float> x(static_cast<std::size_t>(n_sh) * k.n_tokens * k.D);
+    for (auto& v : x) v = dist(rng);
+    if (k.n_tokens > 3) x[3 * static_cast<std::size_t>(k.D)] = std::nanf("");  // NaN: code 0, as the reference
+    DeviceBuffer<float> dx(x.size()), dcb(all.size());
+    dx.upload(x);
+    dcb.upload(all);
+    for (PQCodeOrder order : {PQCodeOrder::kTokenMajor, PQCodeOrder::kMmaKeys, PQCodeOrder::kMmaValues}) {
+      if (order != PQCodeOrder::kTokenMajor && k.M % 8 != 0) continue;
+      const std::string what = "encode D=" + std::to_string(k.D) + " M=" + std::to_string(k.M) + " ksub=" +
+                               std::to_string(ksub) + " order=" + std::to_string(static_cast<int>(order));
+      const std::size_t code_n = static_cast<std::size_t>(n_sh) * capacity * k.M;
+      std::vector<std::uint8_t> init(code_n, 0xAB);
+      DeviceBuffer<std::uint8_t> dcodes(code_n);
+      dcodes.upload(init);
+      PQEncodeArgs a;
+      a.n_seq_heads = n_sh;
+      a.n_kv_heads = k.n_kv;
+      a.n_tokens = k.n_tokens;
+      a.head_dim = k.D;
+      a.M = k.M;
+      a.ksub = ksub;
+      a.x = dx.get();
+      a.centroids = dcb.get();
+      a.cb_head_stride = k.shared ? 0 : static_cast<std::int64_t>(k.M) * ksub * dsub;
+      a.codes = dcodes.get();
+      a.capacity = capacity;
+      a.pos0 = pos0;
+      a.order = order;
+      pq_encode(a, nullptr);
+      check(cudaDeviceSynchronize(), "sync");
+      const auto got = dcodes.download();
+      for (int sh = 0; sh < n_sh; ++sh) {
+        cb.centroids = books[static_cast<std::size_t>(k.shared ? 0 : sh % k.n_kv)];
+        std::vector<std::uint8_t> want(static_cast<std::size_t>(k.n_tokens) * k.M), want_o(want.size());
+        pq_encode_ref(cb, x.data() + static_cast<std::size_t>(sh) * k.n_tokens * k.D, k.n_tokens, want.data());
+        if (order == PQCodeOrder::kTokenMajor) {
+          want_o = want;
+        } else {
+          interleave_pq_codes(want.data(), want_o.data(), static_cast<std::size_t>(k.n_tokens), k.M,
+                              order == PQCodeOrder::kMmaValues);
+        }
+        for (std::int64_t t = 0; t < capacity; ++t) {
+          const std::uint8_t* row = got.data() + (static_cast<std::size_t>(sh) * capacity + t) * k.M;
+          const bool inside = t >= pos0 && t < pos0 + k.n_tokens;
+          for (int i = 0; i < k.M; ++i) {
+            if (!inside) {
+              if (row[i] != 0xAB) ADD_FAILURE() << what << ": row " << t << " outside the new tokens written";
+              continue;
+            }
+            const std::uint8_t w = want_o[static_cast<std::size_t>(t - pos0) * k.M + i];
+            if (row[i] == w) continue;
+            // A different code must be as near (double distances) within f32 rounding.
+            const int m = order == PQCodeOrder::kTokenMajor ? i
+                          : order == PQCodeOrder::kMmaKeys  ? (i % (k.M / 4)) * 4 + i / (k.M / 4)
+                                                            : (i % (k.M / 8)) * 8 + i / (k.M / 8);
+            const float* xs = x.data() + (static_cast<std::size_t>(sh) * k.n_tokens + (t - pos0)) * k.D + m * dsub;
+            auto dist2 = [&](int code) {
+              double d = 0;
+              for (int j = 0; j < dsub; ++j) {
+                const double e = xs[j] - cb.centroids[(static_cast<std::size_t>(m) * ksub + code) * dsub + j];
+                d += e * e;
+              }
+              return d;
+            };
+            if (dist2(row[i]) <= dist2(w) * (1 + 1e-5) + 1e-12) {
+              ++near_ties;
+            } else {
+              ++mismatches;
+              ADD_FAILURE() << what << ": seq-head " << sh << " token " << t << " subspace " << m << " code "
+                            << int(row[i]) << " want " << int(w);
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+  std::printf("PQ encode: codes equal to the reference but %d near ties\n", near_ties);
+  PQEncodeArgs bad;
+  bad.n_seq_heads = bad.n_kv_heads = 1;
+  bad.head_dim = 128;
+  bad.M = 64;
+  bad.n_tokens = 10;
+  bad.capacity = 12;
+  bad.pos0 = 3;  // past the capacity
+  EXPECT_THROW(pq_encode(bad, nullptr), InvalidArgumentError);
+  bad.pos0 = 0;
+  bad.ksub = 100;
+  EXPECT_THROW(pq_encode(bad, nullptr), InvalidArgumentError);
 }
 
 TEST(CudaDecodeAttention, RejectsUnsupportedShapes) {

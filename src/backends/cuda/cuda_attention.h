@@ -102,6 +102,31 @@ std::size_t decode_workspace_floats(const DecodeShape& s, int splits);
 void dense_decode_attention(const DenseDecodeArgs& a, float* workspace, int splits, cudaStream_t stream);
 void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cudaStream_t stream);
 
+/// Code orders a PQ cache on the device can hold (see interleave_pq_codes).
+enum class PQCodeOrder { kTokenMajor, kMmaKeys, kMmaValues };
+
+/// PQ encoding on the device: nearest centroid per subspace (f32 distances, ties to the lower
+/// index; the CPU reference is pq_encode_ref, which sums in double), written into a cache's
+/// code buffer. Vectors are already rotated / normalised (the caller's business, as on the CPU).
+struct PQEncodeArgs {
+  int n_seq_heads = 0;  ///< batch * n_kv_heads; row block s uses codebook s % n_kv_heads
+  int n_kv_heads = 0;
+  int n_tokens = 0;     ///< new tokens per (sequence, kv head)
+  int head_dim = 0;
+  int M = 0;
+  int ksub = 256;
+  const float* x = nullptr;          ///< [n_seq_heads, n_tokens, head_dim] f32
+  const float* centroids = nullptr;  ///< [n_kv_heads or 1, M, ksub, dsub] f32
+  std::int64_t cb_head_stride = 0;   ///< floats per kv head's codebook (0 = one shared codebook)
+  std::uint8_t* codes = nullptr;     ///< [n_seq_heads, capacity, M]; tokens pos0 .. pos0 + n_tokens written
+  std::int64_t capacity = 0;
+  std::int64_t pos0 = 0;
+  PQCodeOrder order = PQCodeOrder::kTokenMajor;
+};
+/// Throws InvalidArgumentError for bad shapes (dsub not dividing, ksub not a power of two in
+/// [2, 256], tokens past capacity, M not a multiple of 8 for the mma orders); launches on `stream`.
+void pq_encode(const PQEncodeArgs& a, cudaStream_t stream);
+
 /// Throws million::Error with `what` and the CUDA error string when err != cudaSuccess.
 void check(cudaError_t err, const char* what);
 
