@@ -21,8 +21,9 @@ echo "== ptxas (registers / spills) =="; grep -E "Used|spill" "$OUT/ptxas.txt" |
 echo "== tests =="
 ./build-cuda/src/backends/cuda/test_cuda_attention >"$OUT/test.log" 2>&1
 test_rc=$?
+./build-cuda/src/backends/cuda/test_cuda_llama >>"$OUT/test.log" 2>&1 || test_rc=1
 grep -E "^\[  (PASSED|FAILED) |FAILED|Failure|error" "$OUT/test.log" | head -30
-grep -E "worst" "$OUT/test.log"
+grep -E "worst|refused" "$OUT/test.log"
 echo "== benchmark =="
 if [ $quick = 1 ]; then
   ./build-cuda/src/backends/cuda/bench_cuda_attention --reps 10 --batches 1 --contexts 32768,131072 --out "$OUT/bench-cuda.md" >"$OUT/bench.log" 2>&1
@@ -35,6 +36,13 @@ if [ $quick = 1 ]; then
 else
   python3 bench/cuda/sdpa_decode.py "${copy:-1}" >"$OUT/sdpa.md" 2>&1
 fi
+if [ $quick = 1 ]; then
+  ./build-cuda/src/backends/cuda/bench_cuda_model --steps 8 --contexts 32768 --pq-1m 0 --out "$OUT/bench-model.md" >"$OUT/bench-model.log" 2>&1
+else
+  ./build-cuda/src/backends/cuda/bench_cuda_model --out "$OUT/bench-model.md" >"$OUT/bench-model.log" 2>&1
+fi
 cat "$OUT/bench-cuda.md"
 grep "^|" "$OUT/sdpa.md"
+echo "== end to end (bench_cuda_model) =="
+cat "$OUT/bench-model.md" 2>/dev/null || tail -5 "$OUT/bench-model.log"
 exit $test_rc

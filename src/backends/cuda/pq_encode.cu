@@ -1,7 +1,6 @@
-// PQ encoding on the device (contract in cuda_attention.h): one thread per (sequence x kv head,
-// token, subspace) scans the subspace's ksub centroids (f32, read through the read-only cache;
-// a codebook is at most 256 x dsub floats per subspace) and writes the nearest one's index
-// into the cache's code buffer at the position its code order gives (token-major, or the mma
+// PQ encoding on the device (contract in cuda_attention.h): one block per (sequence x kv head,
+// token, subspace) computes the ksub distances in parallel and writes the nearest centroid's
+// index into the cache's code buffer at the position its code order gives (token-major, or the mma
 // kernel's interleaved key / value layouts). What it does not do: rotation and normalisation
 // (the caller's kernels), packing 4-bit codes.
 #include <cuda_runtime.h>
@@ -24,34 +23,52 @@ __device__ __forceinline__ int code_pos(int m, int M, PQCodeOrder order) {
   return m;
 }
 
+// One block per (sequence x kv head, token, subspace), one thread per centroid: the distances
+// in parallel (coalesced centroid loads), then an argmin over the block (ties and NaN as the
+// reference: the lowest index among the smallest finite distances, code 0 when none is).
+// A decode step encodes a handful of rows: this keeps it at one short launch instead of a
+// thread walking 256 centroids through cache misses.
 template <int DSUB>
 __global__ void __launch_bounds__(kThreads) pq_encode_kernel(PQEncodeArgs a) {
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  const std::int64_t total = static_cast<std::int64_t>(a.n_seq_heads) * a.n_tokens * a.M;
-  if (i >= total) return;
-  const int m = static_cast<int>(i % a.M);
-  const std::int64_t row = i / a.M;  // (sequence x kv head) * n_tokens + token
+  __shared__ float sd[kThreads / 32];
+  __shared__ int si[kThreads / 32];
+  const std::int64_t blk = blockIdx.x;  // (row, m)
+  const int m = static_cast<int>(blk % a.M);
+  const std::int64_t row = blk / a.M;  // (sequence x kv head) * n_tokens + token
   const int sh = static_cast<int>(row / a.n_tokens), tok = static_cast<int>(row % a.n_tokens);
-  float x[DSUB];
-#pragma unroll
-  for (int j = 0; j < DSUB; ++j) x[j] = a.x[row * a.head_dim + m * DSUB + j];
-  const float* cm = a.centroids + (sh % a.n_kv_heads) * a.cb_head_stride + static_cast<std::int64_t>(m) * a.ksub * DSUB;
-  int best_c = 0;
-  float best = INFINITY;
-  for (int c = 0; c < a.ksub; ++c) {
-    float d = 0.0f;
+  const int c = threadIdx.x;
+  float d = INFINITY;
+  if (c < a.ksub) {
+    const float* cen = a.centroids + (sh % a.n_kv_heads) * a.cb_head_stride +
+                       (static_cast<std::int64_t>(m) * a.ksub + c) * DSUB;
+    const float* x = a.x + row * a.head_dim + m * DSUB;
+    d = 0.0f;
 #pragma unroll
     for (int j = 0; j < DSUB; ++j) {
-      const float t = x[j] - __ldg(cm + c * DSUB + j);
+      const float t = x[j] - cen[j];
       d = fmaf(t, t, d);
     }
-    if (d < best) {  // strict: ties keep the lower index, NaN input keeps code 0 (as the reference)
-      best = d;
-      best_c = c;
-    }
+    if (!(d <= INFINITY)) d = INFINITY;  // NaN never wins
   }
-  a.codes[(static_cast<std::int64_t>(sh) * a.capacity + a.pos0 + tok) * a.M + code_pos(m, a.M, a.order)] =
-      static_cast<std::uint8_t>(best_c);
+  int idx = c;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float d2 = __shfl_xor_sync(0xffffffffu, d, o);
+    const int i2 = __shfl_xor_sync(0xffffffffu, idx, o);
+    if (d2 < d || (d2 == d && i2 < idx)) d = d2, idx = i2;
+  }
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) sd[warp] = d, si[warp] = idx;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float best = sd[0];
+    int best_c = si[0];
+    for (int w = 1; w < kThreads / 32; ++w) {
+      if (sd[w] < best || (sd[w] == best && si[w] < best_c)) best = sd[w], best_c = si[w];
+    }
+    if (best == INFINITY) best_c = 0;  // every distance NaN or infinite: code 0, as the reference
+    a.codes[(static_cast<std::int64_t>(sh) * a.capacity + a.pos0 + tok) * a.M + code_pos(m, a.M, a.order)] =
+        static_cast<std::uint8_t>(best_c);
+  }
 }
 
 }  // namespace
@@ -75,9 +92,10 @@ void pq_encode(const PQEncodeArgs& a, cudaStream_t stream) {
     throw InvalidArgumentError("CUDA PQ encode: tokens " + std::to_string(a.pos0) + " .. " +
                                std::to_string(a.pos0 + a.n_tokens) + " past the capacity " + std::to_string(a.capacity));
   }
-  const std::int64_t total = static_cast<std::int64_t>(a.n_seq_heads) * a.n_tokens * a.M;
+  const std::int64_t total = static_cast<std::int64_t>(a.n_seq_heads) * a.n_tokens * a.M;  // blocks
   if (total == 0) return;
-  const dim3 grid(static_cast<unsigned>((total + kThreads - 1) / kThreads));
+  if (total > 0x7fffffff) throw InvalidArgumentError("CUDA PQ encode: too many rows for one launch");
+  const dim3 grid(static_cast<unsigned>(total));
   switch (dsub) {
     case 1: pq_encode_kernel<1><<<grid, kThreads, 0, stream>>>(a); break;
     case 2: pq_encode_kernel<2><<<grid, kThreads, 0, stream>>>(a); break;

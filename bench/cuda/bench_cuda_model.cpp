@@ -1,0 +1,118 @@
+// End-to-end decode benchmark on the GPU (not a test): a Llama-architecture model of a given
+// shape (default Llama-3-8B) with random bf16 weights (no weight file needed), its KV cache
+// filled synthetically to the context depth (random fp16 values / random PQ codes: no
+// million-token prefill), then timed decode steps (CUDA events around --steps steps after two
+// warm-up steps). A cache that does not fit is refused up front with the memory it would need,
+// and the table says so. Bytes per token: bf16 weights + the cache read by attention.
+//   bench_cuda_model [--out FILE] [--steps N] [--batch B] [--contexts 32768,131072]
+//                    [--caches f16,pq4,pq2] [--pq-1m 1]   (pq-1m: also pq 4-bit at 1M tokens)
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_attention.h"
+#include "backends/cuda/llama_gpu.h"
+#include "million/error.h"
+
+using namespace million;
+using namespace million::cuda;
+
+namespace {
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(item);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string out_path;
+  int steps = 16, batch = 1;
+  bool pq_1m = true;
+  std::vector<std::string> contexts{"32768", "131072"}, caches{"f16", "pq4"};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--out") out_path = v;
+    else if (k == "--steps") steps = std::stoi(v);
+    else if (k == "--batch") batch = std::stoi(v);
+    else if (k == "--contexts") contexts = split(v);
+    else if (k == "--caches") caches = split(v);
+    else if (k == "--pq-1m") pq_1m = v != "0";
+    else {
+      std::fprintf(stderr, "unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, 0), "device properties");
+  const LlamaShape shape = LlamaShape::llama3_8b();
+  std::ostringstream md;
+  md << "GPU: " << prop.name << ". Model: Llama-3-8B shape (32 layers, 32 / 8 heads, head_dim 128, hidden 4096, ffn "
+     << "14336, vocab 128256; " << shape.n_params() / 1e9 << "B parameters), random bf16 weights; KV cache filled "
+     << "synthetically (no prefill); " << steps << " timed decode steps per row.\n\n";
+  md << "| cache | batch | context | ms / step | tokens/s | bytes / step (GB) | GB/s |\n|---|---:|---:|---:|---:|---:|---:|\n";
+  auto row = [&](const std::string& line) {
+    md << line;
+    std::fputs(line.c_str(), stdout);
+    std::fflush(stdout);
+  };
+  struct Run {
+    std::string cache;
+    long long ctx;
+  };
+  std::vector<Run> runs;
+  for (const auto& c : caches) {
+    for (const auto& t : contexts) runs.push_back({c, std::stoll(t)});
+  }
+  if (pq_1m) {
+    runs.push_back({"f16", 1 << 20});
+    runs.push_back({"pq4", 1 << 20});
+  }
+  for (const Run& r : runs) {
+    GpuLlamaOptions o;
+    o.batch = batch;
+    o.capacity = r.ctx + steps + 3;
+    o.cache = r.cache == "f16" ? GpuCache::kF16 : GpuCache::kPQ;
+    o.pq_M = r.cache == "pq4" ? 64 : r.cache == "pq2" ? 32 : 0;
+    const std::string name = r.cache == "f16" ? "fp16" : r.cache == "pq4" ? "pq 4-bit (M=64)" : "pq 2-bit (M=32)";
+    char line[600];
+    try {
+      GpuLlama model(shape, o);
+      model.init_random(1);
+      model.fill_cache_random(r.ctx, 2);
+      std::vector<int> tokens(static_cast<std::size_t>(batch), 1);
+      for (int i = 0; i < 2; ++i) model.step(tokens);
+      check(cudaStreamSynchronize(model.stream()), "warm-up");
+      cudaEvent_t a, b;
+      check(cudaEventCreate(&a), "event");
+      check(cudaEventCreate(&b), "event");
+      check(cudaEventRecord(a, model.stream()), "event");
+      for (int i = 0; i < steps; ++i) model.step(tokens);
+      check(cudaEventRecord(b, model.stream()), "event");
+      check(cudaEventSynchronize(b), "event");
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, a, b), "event");
+      ms /= static_cast<float>(steps);
+      const double kv = o.cache == GpuCache::kF16
+                            ? 2.0 * shape.n_layers * shape.n_kv_heads * static_cast<double>(r.ctx) * shape.head_dim * 2 * batch
+                            : 2.0 * shape.n_layers * shape.n_kv_heads * static_cast<double>(r.ctx) * o.pq_M * batch;
+      const double bytes = static_cast<double>(GpuLlama::weight_bytes(shape)) + kv;
+      std::snprintf(line, sizeof line, "| %s | %d | %lld | %.2f | %.1f | %.1f | %.0f |\n", name.c_str(), batch, r.ctx, ms,
+                    1000.0 * batch / ms, bytes / 1e9, bytes / (ms * 1e6));
+    } catch (const ResourceError& e) {
+      std::snprintf(line, sizeof line, "| %s | %d | %lld | refused: %s | | | |\n", name.c_str(), batch, r.ctx, e.what());
+    }
+    row(line);
+  }
+  std::printf("\n%s", md.str().c_str());
+  if (!out_path.empty()) std::ofstream(out_path) << md.str();
+  return 0;
+}

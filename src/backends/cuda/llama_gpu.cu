@@ -1,0 +1,552 @@
+// GpuLlama (llama_gpu.h): device buffers, the small fused kernels and one decode step.
+// Layouts (row-major, batch-major):
+//   weights: tok_embd / lm_head [vocab, hidden] bf16; per layer wqkv [q_dim + 2 kv_dim, hidden]
+//   (wq rows, then wk, then wv), wo [hidden, q_dim], wgu [2 ffn, hidden] (gate rows, then up),
+//   wdown [hidden, ffn] bf16; norms f32 [hidden]. One allocation for all of them.
+//   activations: x, tmp [B, hidden] f32; xb [B, max(hidden, q_dim, ffn)] bf16 (GEMM inputs);
+//   qkv [B, q_dim + 2 kv_dim] f32; q, att [B, n_heads, head_dim] f32; k, v [B, n_kv, head_dim]
+//   f32; gu [B, 2 ffn] f32; logits [B, vocab] f32.
+//   cache per layer: fp16 K, V [B, n_kv, capacity, head_dim]; or PQ codes [B, n_kv, capacity, M]
+//   u8 in the mma kernel's orders (keys / values) + codebooks [n_kv, M, 256, dsub] in fp16 (for
+//   attention) and f32 (for the encoder).
+// GEMMs: cublasGemmEx, bf16 x bf16 -> f32 with f32 compute (y = W x for every row of the batch).
+#include "backends/cuda/llama_gpu.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "backends/cuda/cuda_attention.h"
+#include "core/half.h"
+#include "million/error.h"
+
+namespace million::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+void check_blas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw Error(ErrorKind::kUnsupported, std::string(what) + ": cuBLAS status " + std::to_string(s));
+}
+
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.0f;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) s += red[w];
+  __syncthreads();
+  return s;
+}
+
+__global__ void embed_kernel(const bf16* emb, const int* tokens, float* x, int hidden) {
+  const bf16* row = emb + static_cast<std::int64_t>(tokens[blockIdx.x]) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[blockIdx.x * hidden + i] = __bfloat162float(row[i]);
+}
+
+// out = bf16(x * rsqrt(mean(x^2) + eps) * w), one block per row.
+__global__ void rmsnorm_kernel(const float* x, const float* w, bf16* out, int n, float eps) {
+  __shared__ float red[32];
+  const float* xr = x + static_cast<std::int64_t>(blockIdx.x) * n;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+  const float r = rsqrtf(block_sum(ss, red) / static_cast<float>(n) + eps);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[static_cast<std::int64_t>(blockIdx.x) * n + i] = __float2bfloat16(xr[i] * r * w[i]);
+}
+
+// Splits qkv rows into q [B, H, hd], k, v [B, Hkv, hd] and rotates q and k at position pos
+// (angles in double: pos * inv_freq reaches 1e6 radians at a million tokens).
+__global__ void rope_split_kernel(const float* qkv, const double* inv_freq, std::int64_t pos, float* q, float* k,
+                                  float* v, int H, int Hkv, int hd, bool interleaved) {
+  const int b = blockIdx.x, half = hd / 2;
+  const int qd = H * hd, kd = Hkv * hd;
+  const float* row = qkv + static_cast<std::int64_t>(b) * (qd + 2 * kd);
+  for (int i = threadIdx.x; i < (H + Hkv) * half; i += blockDim.x) {
+    const int head = i / half, j = i % half;
+    const bool is_q = head < H;
+    const float* src = is_q ? row + head * hd : row + qd + (head - H) * hd;
+    float* dst = is_q ? q + (static_cast<std::int64_t>(b) * H + head) * hd : k + (static_cast<std::int64_t>(b) * Hkv + head - H) * hd;
+    const int i0 = interleaved ? 2 * j : j, i1 = interleaved ? 2 * j + 1 : j + half;
+    double s, c;
+    sincos(static_cast<double>(pos) * inv_freq[j], &s, &c);
+    const float x0 = src[i0], x1 = src[i1];
+    dst[i0] = static_cast<float>(x0 * c - x1 * s);
+    dst[i1] = static_cast<float>(x0 * s + x1 * c);
+  }
+  for (int i = threadIdx.x; i < kd; i += blockDim.x) v[static_cast<std::int64_t>(b) * kd + i] = row[qd + kd + i];
+}
+
+// k, v [B * Hkv, hd] f32 -> fp16 caches [B * Hkv, capacity, hd] at pos.
+__global__ void append_f16_kernel(const float* k, const float* v, __half* kc, __half* vc, std::int64_t capacity,
+                                  std::int64_t pos, int hd) {
+  const std::int64_t sh = blockIdx.x;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    kc[(sh * capacity + pos) * hd + i] = __float2half(k[sh * hd + i]);
+    vc[(sh * capacity + pos) * hd + i] = __float2half(v[sh * hd + i]);
+  }
+}
+
+__global__ void to_bf16_kernel(const float* x, bf16* y, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) {
+    y[i] = __float2bfloat16(x[i]);
+  }
+}
+
+// h = bf16(silu(gate) * up), gu rows [gate (ffn) | up (ffn)].
+__global__ void swiglu_kernel(const float* gu, bf16* h, int ffn, int batch) {
+  const std::int64_t n = static_cast<std::int64_t>(batch) * ffn;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) {
+    const std::int64_t b = i / ffn, j = i % ffn;
+    const float g = gu[b * 2 * ffn + j], u = gu[b * 2 * ffn + ffn + j];
+    h[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+__global__ void add_kernel(float* x, const float* y, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) x[i] += y[i];
+}
+
+__device__ __forceinline__ std::uint64_t mix(std::uint64_t z) {  // splitmix64
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+__device__ __forceinline__ float unit(std::uint64_t seed, std::int64_t i) {  // [-1, 1)
+  return static_cast<float>(static_cast<double>(mix(seed ^ mix(static_cast<std::uint64_t>(i))) >> 11) * 0x1.0p-52 - 1.0);
+}
+
+template <typename T>
+__global__ void fill_random_kernel(T* p, std::int64_t n, std::uint64_t seed, float scale) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) {
+    const float u = unit(seed, i) * scale;
+    if constexpr (std::is_same_v<T, bf16>) {
+      p[i] = __float2bfloat16(u);
+    } else if constexpr (std::is_same_v<T, __half>) {
+      p[i] = __float2half(u);
+    } else if constexpr (std::is_same_v<T, std::uint8_t>) {
+      p[i] = static_cast<std::uint8_t>(mix(seed ^ mix(static_cast<std::uint64_t>(i))) & 0xff);
+    } else {
+      p[i] = u;
+    }
+  }
+}
+
+__global__ void fill_const_kernel(float* p, std::int64_t n, float v) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) p[i] = v;
+}
+
+__global__ void f32_to_f16_kernel(const float* x, __half* y, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) y[i] = __float2half(x[i]);
+}
+
+unsigned grid_for(std::int64_t n) { return static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 65535)); }
+
+}  // namespace
+
+LlamaShape LlamaShape::llama3_8b() {
+  LlamaShape s;
+  s.hidden = 4096;
+  s.n_layers = 32;
+  s.n_heads = 32;
+  s.n_kv_heads = 8;
+  s.head_dim = 128;
+  s.ffn = 14336;
+  s.vocab = 128256;
+  s.rope_theta = 500000.0;
+  return s;
+}
+
+std::int64_t LlamaShape::n_params() const {
+  const std::int64_t q = static_cast<std::int64_t>(n_heads) * head_dim, kv = static_cast<std::int64_t>(n_kv_heads) * head_dim;
+  const std::int64_t layer = hidden * (q + 2 * kv) + q * hidden + 3ll * hidden * ffn + 2ll * hidden;
+  return 2ll * vocab * hidden + n_layers * layer + hidden;
+}
+
+struct GpuLlama::Impl {
+  cublasHandle_t blas = nullptr;
+  int sm_count = 0;
+  void* weights = nullptr;  // one allocation
+  bf16 *tok_embd = nullptr, *lm_head = nullptr;
+  float* final_norm = nullptr;
+  struct Layer {
+    bf16 *wqkv, *wo, *wgu, *wdown;
+    float *attn_norm, *ffn_norm;
+    void *kc, *vc;                  // fp16 K / V, or PQ key / value codes
+    __half *cbk16, *cbv16;          // PQ codebooks for attention
+    float *cbk32, *cbv32;           // and for the encoder
+  };
+  std::vector<Layer> layers;
+  void* cache = nullptr;  // one allocation: every layer's cache (+ PQ codebooks)
+  void* work = nullptr;   // one allocation: activations, workspace
+  int* tokens = nullptr;
+  float *x, *tmp, *qkv, *q, *k, *v, *att, *gu, *logits, *ws;
+  bf16* xb;
+  double* inv_freq;
+};
+
+namespace {
+
+struct Sizes {
+  std::int64_t q, kv, weights_elems, norms;
+};
+Sizes sizes(const LlamaShape& s) {
+  Sizes z;
+  z.q = static_cast<std::int64_t>(s.n_heads) * s.head_dim;
+  z.kv = static_cast<std::int64_t>(s.n_kv_heads) * s.head_dim;
+  const std::int64_t layer = s.hidden * (z.q + 2 * z.kv) + z.q * s.hidden + 3ll * s.hidden * s.ffn;
+  z.weights_elems = 2ll * s.vocab * s.hidden + s.n_layers * layer;
+  z.norms = (2ll * s.n_layers + 1) * s.hidden;
+  return z;
+}
+std::int64_t codebook_elems(const LlamaShape& s) { return static_cast<std::int64_t>(s.n_kv_heads) * s.head_dim * 256; }
+std::int64_t work_bytes(const LlamaShape& s, int B, int splits_max) {
+  const Sizes z = sizes(s);
+  const std::int64_t f32 = B * (2ll * s.hidden + (z.q + 2 * z.kv) + 2 * z.q + 2 * z.kv + 2ll * s.ffn + s.vocab) +
+                           static_cast<std::int64_t>(B) * s.n_heads * splits_max * (s.head_dim + 2);
+  const std::int64_t xb = static_cast<std::int64_t>(B) * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
+  return 4 * f32 + 2 * xb + 8ll * s.head_dim + 4ll * B + 1024;
+}
+
+}  // namespace
+
+std::int64_t GpuLlama::weight_bytes(const LlamaShape& s) {
+  const Sizes z = sizes(s);
+  return 2 * z.weights_elems + 4 * z.norms;
+}
+
+std::int64_t GpuLlama::cache_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
+  const std::int64_t rows = static_cast<std::int64_t>(o.batch) * s.n_kv_heads * o.capacity;
+  if (o.cache == GpuCache::kF16) return s.n_layers * 2 * rows * s.head_dim * 2;
+  return s.n_layers * (2 * rows * o.pq_M + 2 * codebook_elems(s) * (2 + 4));
+}
+
+GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : shape_(shape), opt_(options) {
+  const LlamaShape& s = shape_;
+  if (s.hidden < 1 || s.n_layers < 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.n_heads % s.n_kv_heads != 0 ||
+      s.ffn < 1 || s.vocab < 1 || (s.head_dim != 64 && s.head_dim != 128)) {
+    throw InvalidArgumentError("GpuLlama: unsupported shape (head_dim must be 64 or 128, heads a multiple of kv heads)");
+  }
+  if (opt_.batch < 1 || opt_.capacity < 1) throw InvalidArgumentError("GpuLlama: batch and capacity must be positive");
+  if (opt_.cache == GpuCache::kPQ) {
+    const int dsub = opt_.pq_M > 0 && s.head_dim % opt_.pq_M == 0 ? s.head_dim / opt_.pq_M : 0;
+    if (dsub != 2 && dsub != 4) throw InvalidArgumentError("GpuLlama: PQ cache needs M = head_dim / 2 or head_dim / 4");
+  }
+  impl_ = std::make_unique<Impl>();
+  Impl& m = *impl_;
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&m.sm_count, cudaDevAttrMultiProcessorCount, dev), "SM count");
+  const int splits_max = 4 * m.sm_count;
+  const std::int64_t need_w = weight_bytes(s), need_c = cache_bytes(s, opt_), need_work = work_bytes(s, opt_.batch, splits_max);
+  std::size_t free_b = 0, total_b = 0;
+  check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  if (static_cast<double>(need_w + need_c + need_work) > 0.98 * static_cast<double>(free_b)) {
+    char msg[400];
+    std::snprintf(msg, sizeof msg,
+                  "GpuLlama: does not fit on the GPU: weights %.2f GiB + %s cache of %lld tokens x %d sequences %.2f GiB"
+                  " + buffers %.2f GiB = %.2f GiB, %.2f GiB free of %.2f GiB",
+                  need_w / gib, opt_.cache == GpuCache::kF16 ? "fp16" : "PQ", static_cast<long long>(opt_.capacity),
+                  opt_.batch, need_c / gib, need_work / gib, (need_w + need_c + need_work) / gib, free_b / gib, total_b / gib);
+    throw ResourceError(msg);
+  }
+  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  check_blas(cublasCreate(&m.blas), "cublasCreate");
+  check_blas(cublasSetStream(m.blas, stream_), "cublasSetStream");
+
+  const Sizes z = sizes(s);
+  check(cudaMalloc(&m.weights, static_cast<std::size_t>(need_w)), "cudaMalloc(weights)");
+  bf16* wp = static_cast<bf16*>(m.weights);
+  auto take = [&](std::int64_t n) {
+    bf16* p = wp;
+    wp += n;
+    return p;
+  };
+  m.tok_embd = take(static_cast<std::int64_t>(s.vocab) * s.hidden);
+  m.lm_head = take(static_cast<std::int64_t>(s.vocab) * s.hidden);
+  m.layers.resize(static_cast<std::size_t>(s.n_layers));
+  for (auto& L : m.layers) {
+    L.wqkv = take(s.hidden * (z.q + 2 * z.kv));
+    L.wo = take(z.q * s.hidden);
+    L.wgu = take(2ll * s.ffn * s.hidden);
+    L.wdown = take(static_cast<std::int64_t>(s.hidden) * s.ffn);
+  }
+  float* np = reinterpret_cast<float*>(wp);
+  for (auto& L : m.layers) {
+    L.attn_norm = np;
+    L.ffn_norm = np + s.hidden;
+    np += 2 * s.hidden;
+  }
+  m.final_norm = np;
+
+  check(cudaMalloc(&m.cache, static_cast<std::size_t>(std::max<std::int64_t>(need_c, 1))), "cudaMalloc(cache)");
+  unsigned char* cp = static_cast<unsigned char*>(m.cache);
+  const std::int64_t rows = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * opt_.capacity;
+  for (auto& L : m.layers) {
+    const std::int64_t kind = opt_.cache == GpuCache::kF16 ? rows * s.head_dim * 2 : rows * opt_.pq_M;
+    L.kc = cp;
+    L.vc = cp + kind;
+    cp += 2 * kind;
+    if (opt_.cache == GpuCache::kPQ) {
+      const std::int64_t e = codebook_elems(s);
+      L.cbk32 = reinterpret_cast<float*>(cp);
+      L.cbv32 = L.cbk32 + e;
+      L.cbk16 = reinterpret_cast<__half*>(L.cbv32 + e);
+      L.cbv16 = L.cbk16 + e;
+      cp += e * (4 + 4 + 2 + 2);
+    }
+  }
+  check(cudaMalloc(&m.work, static_cast<std::size_t>(need_work)), "cudaMalloc(work)");
+  float* fp = static_cast<float*>(m.work);
+  auto takef = [&](std::int64_t n) {
+    float* p = fp;
+    fp += n;
+    return p;
+  };
+  const int B = opt_.batch;
+  m.x = takef(static_cast<std::int64_t>(B) * s.hidden);
+  m.tmp = takef(static_cast<std::int64_t>(B) * s.hidden);
+  m.qkv = takef(B * (z.q + 2 * z.kv));
+  m.q = takef(B * z.q);
+  m.att = takef(B * z.q);
+  m.k = takef(B * z.kv);
+  m.v = takef(B * z.kv);
+  m.gu = takef(2ll * B * s.ffn);
+  m.logits = takef(static_cast<std::int64_t>(B) * s.vocab);
+  m.ws = takef(static_cast<std::int64_t>(B) * s.n_heads * splits_max * (s.head_dim + 2));
+  m.xb = reinterpret_cast<bf16*>(fp);
+  bf16* xb_end = m.xb + static_cast<std::int64_t>(B) * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
+  m.inv_freq = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(xb_end) + 15) & ~std::uintptr_t{15});
+  m.tokens = reinterpret_cast<int*>(m.inv_freq + s.head_dim / 2);
+  std::vector<double> inv(static_cast<std::size_t>(s.head_dim / 2));
+  for (int i = 0; i < s.head_dim / 2; ++i) inv[static_cast<std::size_t>(i)] = std::pow(s.rope_theta, -2.0 * i / s.head_dim);
+  check(cudaMemcpy(m.inv_freq, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice), "upload inv_freq");
+}
+
+GpuLlama::~GpuLlama() {
+  if (impl_) {
+    if (impl_->blas) cublasDestroy(impl_->blas);
+    cudaFree(impl_->weights);
+    cudaFree(impl_->cache);
+    cudaFree(impl_->work);
+  }
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void GpuLlama::upload_weights(const LlamaHostWeights& w) {
+  const LlamaShape& s = shape_;
+  const Sizes z = sizes(s);
+  Impl& m = *impl_;
+  auto need = [&](const std::vector<float>& v, std::int64_t n, const char* name) {
+    if (static_cast<std::int64_t>(v.size()) != n) {
+      throw InvalidArgumentError(std::string("GpuLlama::upload_weights: ") + name + " has " + std::to_string(v.size()) +
+                                 " values, the shape needs " + std::to_string(n));
+    }
+  };
+  auto up_bf16 = [&](bf16* dst, std::initializer_list<const std::vector<float>*> parts) {
+    std::vector<std::uint16_t> h;
+    for (const auto* p : parts) {
+      for (float f : *p) h.push_back(f32_to_bf16(f));
+    }
+    check(cudaMemcpy(dst, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "upload weights");
+  };
+  auto up_f32 = [&](float* dst, const std::vector<float>& v) {
+    check(cudaMemcpy(dst, v.data(), v.size() * 4, cudaMemcpyHostToDevice), "upload norms");
+  };
+  need(w.tok_embd, static_cast<std::int64_t>(s.vocab) * s.hidden, "tok_embd");
+  need(w.lm_head, static_cast<std::int64_t>(s.vocab) * s.hidden, "lm_head");
+  need(w.final_norm, s.hidden, "final_norm");
+  if (static_cast<int>(w.layers.size()) != s.n_layers) throw InvalidArgumentError("GpuLlama::upload_weights: layer count");
+  up_bf16(m.tok_embd, {&w.tok_embd});
+  up_bf16(m.lm_head, {&w.lm_head});
+  up_f32(m.final_norm, w.final_norm);
+  for (int l = 0; l < s.n_layers; ++l) {
+    const auto& L = w.layers[static_cast<std::size_t>(l)];
+    const auto& D = m.layers[static_cast<std::size_t>(l)];
+    need(L.wq, z.q * s.hidden, "wq");
+    need(L.wk, z.kv * s.hidden, "wk");
+    need(L.wv, z.kv * s.hidden, "wv");
+    need(L.wo, z.q * s.hidden, "wo");
+    need(L.w_gate, static_cast<std::int64_t>(s.ffn) * s.hidden, "w_gate");
+    need(L.w_up, static_cast<std::int64_t>(s.ffn) * s.hidden, "w_up");
+    need(L.w_down, static_cast<std::int64_t>(s.ffn) * s.hidden, "w_down");
+    need(L.attn_norm, s.hidden, "attn_norm");
+    need(L.ffn_norm, s.hidden, "ffn_norm");
+    up_bf16(D.wqkv, {&L.wq, &L.wk, &L.wv});
+    up_bf16(D.wo, {&L.wo});
+    up_bf16(D.wgu, {&L.w_gate, &L.w_up});
+    up_bf16(D.wdown, {&L.w_down});
+    up_f32(D.attn_norm, L.attn_norm);
+    up_f32(D.ffn_norm, L.ffn_norm);
+  }
+}
+
+void GpuLlama::init_random(std::uint64_t seed) {
+  const LlamaShape& s = shape_;
+  const Sizes z = sizes(s);
+  Impl& m = *impl_;
+  auto fill = [&](bf16* p, std::int64_t n, float scale) {
+    fill_random_kernel<bf16><<<grid_for(n), 256, 0, stream_>>>(p, n, seed++, scale);
+  };
+  const float hs = 1.0f / std::sqrt(static_cast<float>(s.hidden));
+  fill(m.tok_embd, static_cast<std::int64_t>(s.vocab) * s.hidden, 1.0f);
+  fill(m.lm_head, static_cast<std::int64_t>(s.vocab) * s.hidden, hs);
+  for (auto& L : m.layers) {
+    fill(L.wqkv, s.hidden * (z.q + 2 * z.kv), hs);
+    fill(L.wo, z.q * s.hidden, 1.0f / std::sqrt(static_cast<float>(z.q)));
+    fill(L.wgu, 2ll * s.ffn * s.hidden, hs);
+    fill(L.wdown, static_cast<std::int64_t>(s.hidden) * s.ffn, 1.0f / std::sqrt(static_cast<float>(s.ffn)));
+  }
+  fill_const_kernel<<<grid_for(z.norms), 256, 0, stream_>>>(m.layers.empty() ? m.final_norm : m.layers[0].attn_norm, z.norms, 1.0f);
+  if (opt_.cache == GpuCache::kPQ) {
+    const std::int64_t e = codebook_elems(s);
+    for (auto& L : m.layers) {
+      fill_random_kernel<float><<<grid_for(e), 256, 0, stream_>>>(L.cbk32, e, seed++, 1.0f);
+      fill_random_kernel<float><<<grid_for(e), 256, 0, stream_>>>(L.cbv32, e, seed++, 1.0f);
+      f32_to_f16_kernel<<<grid_for(e), 256, 0, stream_>>>(L.cbk32, L.cbk16, e);
+      f32_to_f16_kernel<<<grid_for(e), 256, 0, stream_>>>(L.cbv32, L.cbv16, e);
+    }
+  }
+  check(cudaGetLastError(), "random weights");
+  check(cudaStreamSynchronize(stream_), "random weights");
+}
+
+void GpuLlama::upload_codebooks(const LlamaHostCodebooks& cb) {
+  if (opt_.cache != GpuCache::kPQ) throw InvalidArgumentError("GpuLlama::upload_codebooks: the cache is not PQ");
+  const std::int64_t e = codebook_elems(shape_);
+  if (static_cast<int>(cb.k.size()) != shape_.n_layers || static_cast<int>(cb.v.size()) != shape_.n_layers) {
+    throw InvalidArgumentError("GpuLlama::upload_codebooks: one K and one V codebook per layer");
+  }
+  for (int l = 0; l < shape_.n_layers; ++l) {
+    const auto& L = impl_->layers[static_cast<std::size_t>(l)];
+    for (int kind = 0; kind < 2; ++kind) {
+      const std::vector<float>& src = kind == 0 ? cb.k[static_cast<std::size_t>(l)] : cb.v[static_cast<std::size_t>(l)];
+      if (static_cast<std::int64_t>(src.size()) != e) throw InvalidArgumentError("GpuLlama::upload_codebooks: size");
+      std::vector<std::uint16_t> h(src.size());
+      for (std::size_t i = 0; i < src.size(); ++i) h[i] = f32_to_f16(src[i]);
+      check(cudaMemcpy(kind == 0 ? L.cbk32 : L.cbv32, src.data(), src.size() * 4, cudaMemcpyHostToDevice), "codebooks");
+      check(cudaMemcpy(kind == 0 ? static_cast<void*>(L.cbk16) : static_cast<void*>(L.cbv16), h.data(), h.size() * 2,
+                       cudaMemcpyHostToDevice),
+            "codebooks");
+    }
+  }
+}
+
+void GpuLlama::fill_cache_random(std::int64_t n, std::uint64_t seed) {
+  if (n < 0 || n >= opt_.capacity) throw InvalidArgumentError("GpuLlama::fill_cache_random: n must leave room for a step");
+  const std::int64_t seqs = static_cast<std::int64_t>(opt_.batch) * shape_.n_kv_heads;
+  for (auto& L : impl_->layers) {
+    for (void* c : {L.kc, L.vc}) {
+      // Every sequence's rows [0, n): one fill over the whole buffer is simpler and the rest is
+      // overwritten by the steps that follow.
+      if (opt_.cache == GpuCache::kF16) {
+        const std::int64_t e = seqs * opt_.capacity * shape_.head_dim;
+        fill_random_kernel<__half><<<grid_for(e), 256, 0, stream_>>>(static_cast<__half*>(c), e, seed++, 1.0f);
+      } else {
+        const std::int64_t e = seqs * opt_.capacity * opt_.pq_M;
+        fill_random_kernel<std::uint8_t><<<grid_for(e), 256, 0, stream_>>>(static_cast<std::uint8_t*>(c), e, seed++, 0.0f);
+      }
+    }
+  }
+  check(cudaGetLastError(), "fill cache");
+  check(cudaStreamSynchronize(stream_), "fill cache");
+  pos_ = n;
+}
+
+const float* GpuLlama::step(const std::vector<int>& tokens) {
+  const LlamaShape& s = shape_;
+  const Sizes z = sizes(s);
+  Impl& m = *impl_;
+  const int B = opt_.batch;
+  if (static_cast<int>(tokens.size()) != B) throw InvalidArgumentError("GpuLlama::step: one token per sequence");
+  for (int t : tokens) {
+    if (t < 0 || t >= s.vocab) throw InvalidArgumentError("GpuLlama::step: token " + std::to_string(t) + " out of the vocabulary");
+  }
+  if (pos_ >= opt_.capacity) {
+    throw InvalidArgumentError("GpuLlama::step: the cache is full (" + std::to_string(opt_.capacity) + " tokens)");
+  }
+  check(cudaMemcpyAsync(m.tokens, tokens.data(), tokens.size() * sizeof(int), cudaMemcpyHostToDevice, stream_), "tokens");
+  const float one = 1.0f, zero = 0.0f;
+  // y[B, out] = x[B, in] W^T with W [out, in] row-major (column-major: y^T = W x^T).
+  auto gemm = [&](const bf16* W, const bf16* x, float* y, std::int64_t out, std::int64_t in) {
+    check_blas(cublasGemmEx(m.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), B, static_cast<int>(in), &one, W,
+                            CUDA_R_16BF, static_cast<int>(in), x, CUDA_R_16BF, static_cast<int>(in), &zero, y, CUDA_R_32F,
+                            static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx");
+  };
+  embed_kernel<<<B, 256, 0, stream_>>>(m.tok_embd, m.tokens, m.x, s.hidden);
+  const DecodeShape ds{B, s.n_heads, s.n_kv_heads, s.head_dim, pos_ + 1, opt_.capacity};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  for (const auto& L : m.layers) {
+    rmsnorm_kernel<<<B, 256, 0, stream_>>>(m.x, L.attn_norm, m.xb, s.hidden, s.norm_eps);
+    gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden);
+    rope_split_kernel<<<B, 256, 0, stream_>>>(m.qkv, m.inv_freq, pos_, m.q, m.k, m.v, s.n_heads, s.n_kv_heads,
+                                              s.head_dim, s.rope_interleaved);
+    if (opt_.cache == GpuCache::kF16) {
+      append_f16_kernel<<<B * s.n_kv_heads, s.head_dim, 0, stream_>>>(m.k, m.v, static_cast<__half*>(L.kc),
+                                                                      static_cast<__half*>(L.vc), opt_.capacity, pos_,
+                                                                      s.head_dim);
+      const int splits = choose_splits(ds, m.sm_count);
+      dense_decode_attention({ds, L.kc, L.vc, m.q, m.att, scale}, m.ws, splits, stream_);
+    } else {
+      PQEncodeArgs e;
+      e.n_seq_heads = B * s.n_kv_heads;
+      e.n_kv_heads = s.n_kv_heads;
+      e.n_tokens = 1;
+      e.head_dim = s.head_dim;
+      e.M = opt_.pq_M;
+      e.ksub = 256;
+      e.cb_head_stride = codebook_elems(s) / s.n_kv_heads;
+      e.capacity = opt_.capacity;
+      e.pos0 = pos_;
+      e.x = m.k;
+      e.centroids = L.cbk32;
+      e.codes = static_cast<std::uint8_t*>(L.kc);
+      e.order = PQCodeOrder::kMmaKeys;
+      pq_encode(e, stream_);
+      e.x = m.v;
+      e.centroids = L.cbv32;
+      e.codes = static_cast<std::uint8_t*>(L.vc);
+      e.order = PQCodeOrder::kMmaValues;
+      pq_encode(e, stream_);
+      PQDecodeArgs a;
+      a.shape = ds;
+      a.M = opt_.pq_M;
+      a.ksub = 256;
+      a.codes_k = static_cast<const std::uint8_t*>(L.kc);
+      a.codes_v = static_cast<const std::uint8_t*>(L.vc);
+      a.cb_k = L.cbk16;
+      a.cb_v = L.cbv16;
+      a.cb_k_head_stride = a.cb_v_head_stride = codebook_elems(s) / s.n_kv_heads;
+      a.q = m.q;
+      a.out = m.att;
+      a.scale = scale;
+      a.kernel = PQKernel::kMma;
+      const int splits = choose_splits_mma(ds, m.sm_count, pq_mma_blocks_per_sm(a));
+      pq_decode_attention(a, m.ws, splits, stream_);
+    }
+    to_bf16_kernel<<<grid_for(B * z.q), 256, 0, stream_>>>(m.att, m.xb, B * z.q);
+    gemm(L.wo, m.xb, m.tmp, s.hidden, z.q);
+    add_kernel<<<grid_for(static_cast<std::int64_t>(B) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(B) * s.hidden);
+    rmsnorm_kernel<<<B, 256, 0, stream_>>>(m.x, L.ffn_norm, m.xb, s.hidden, s.norm_eps);
+    gemm(L.wgu, m.xb, m.gu, 2ll * s.ffn, s.hidden);
+    swiglu_kernel<<<grid_for(static_cast<std::int64_t>(B) * s.ffn), 256, 0, stream_>>>(m.gu, m.xb, s.ffn, B);
+    gemm(L.wdown, m.xb, m.tmp, s.hidden, s.ffn);
+    add_kernel<<<grid_for(static_cast<std::int64_t>(B) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(B) * s.hidden);
+  }
+  rmsnorm_kernel<<<B, 256, 0, stream_>>>(m.x, m.final_norm, m.xb, s.hidden, s.norm_eps);
+  gemm(m.lm_head, m.xb, m.logits, s.vocab, s.hidden);
+  check(cudaGetLastError(), "decode step");
+  ++pos_;
+  return m.logits;
+}
+
+}  // namespace million::cuda

@@ -1,0 +1,101 @@
+// A Llama-architecture decoder on one GPU, decode steps only (one new token per sequence, all
+// sequences of a batch at the same position): bf16 weights, GEMMs through cuBLAS (bf16 inputs,
+// f32 accumulation and outputs), fused small kernels (embedding, RMSNorm, RoPE + split,
+// SwiGLU, residual adds), and a KV cache on the device — dense fp16 or PQ codes (plain PQ: no
+// rotation / normalisation on the GPU yet) read by the decode-attention kernels of
+// cuda_attention.h, the PQ codes written by pq_encode.
+// Weights come from host arrays (tests) or a seeded random fill on the device (benchmarks of a
+// model shape without its weights). Not here: prefill attention (a prompt is fed token by
+// token), loading model files, CUDA graphs, sampling.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace million::cuda {
+
+struct LlamaShape {
+  int hidden = 0;
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;  ///< 64 or 128 (the attention kernels)
+  int ffn = 0;
+  int vocab = 0;
+  float norm_eps = 1e-5f;
+  double rope_theta = 10000.0;
+  bool rope_interleaved = false;  ///< false: Hugging Face "rotate half" pairs (i, i + head_dim / 2)
+  /// Llama-3-8B: 32 layers, 32 heads / 8 kv heads, head_dim 128, hidden 4096, ffn 14336, vocab 128256.
+  static LlamaShape llama3_8b();
+  std::int64_t n_params() const;
+};
+
+enum class GpuCache { kF16, kPQ };
+
+struct GpuLlamaOptions {
+  int batch = 1;
+  std::int64_t capacity = 0;  ///< tokens per sequence the cache holds
+  GpuCache cache = GpuCache::kF16;
+  int pq_M = 0;               ///< PQ: subspaces (head_dim / 2: 4 bits, head_dim / 4: 2 bits); ksub 256
+};
+
+/// Host-side weights in f32 (rounded to bf16 on upload), Hugging Face layouts: matrices [out, in].
+struct LlamaHostWeights {
+  std::vector<float> tok_embd;  // [vocab, hidden]
+  struct Layer {
+    std::vector<float> attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+  };
+  std::vector<Layer> layers;
+  std::vector<float> final_norm, lm_head;  // lm_head [vocab, hidden]
+};
+
+/// PQ codebooks per layer for the PQ cache: K and V, [n_kv_heads, M, 256, dsub] f32 each.
+struct LlamaHostCodebooks {
+  std::vector<std::vector<float>> k, v;
+};
+
+class GpuLlama {
+ public:
+  /// Allocates weights, cache and work buffers; throws ResourceError with the bytes needed
+  /// when they do not fit the card's free memory (checked before any allocation).
+  GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options);
+  ~GpuLlama();
+  GpuLlama(const GpuLlama&) = delete;
+  GpuLlama& operator=(const GpuLlama&) = delete;
+
+  /// Bytes the weights, the cache and the work buffers need on the device.
+  static std::int64_t weight_bytes(const LlamaShape& shape);
+  static std::int64_t cache_bytes(const LlamaShape& shape, const GpuLlamaOptions& options);
+
+  void upload_weights(const LlamaHostWeights& w);
+  /// Uniform random weights in +-1/sqrt(fan-in), norms 1; PQ codebooks random too.
+  void init_random(std::uint64_t seed);
+  void upload_codebooks(const LlamaHostCodebooks& cb);
+  /// Fills positions [0, n) of every layer's cache with random values / codes and sets the
+  /// position to n (the synthetic long context of the benchmarks: no prefill).
+  void fill_cache_random(std::int64_t n, std::uint64_t seed);
+
+  /// One decode step: tokens[batch] at the current position (the same for every sequence);
+  /// returns device logits [batch, vocab] f32 (valid until the next step) and advances the
+  /// position. Throws InvalidArgumentError when the cache is full.
+  const float* step(const std::vector<int>& tokens);
+  std::int64_t position() const { return pos_; }
+  void reset() { pos_ = 0; }
+  cudaStream_t stream() const { return stream_; }
+  const LlamaShape& shape() const { return shape_; }
+  const GpuLlamaOptions& options() const { return opt_; }
+
+ private:
+  struct Impl;
+  LlamaShape shape_;
+  GpuLlamaOptions opt_;
+  std::int64_t pos_ = 0;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace million::cuda

@@ -1,0 +1,317 @@
+// GpuLlama (decode steps on the GPU) against a scalar reference forward pass written here in
+// double: same bf16-rounded weights, activations rounded to bf16 where the GPU rounds them
+// (GEMM inputs), K/V rounded to fp16 as the dense cache holds them; the PQ cache's reference
+// encodes K/V with pq_encode_ref (f32 centroids) and decodes with the fp16 centroids the
+// attention kernel reads. Logits compared at every step of a random token sequence; plus the
+// errors a user meets first: a full cache, a model that does not fit (refused before any
+// allocation, with the memory it would need).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_attention.h"
+#include "backends/cuda/llama_gpu.h"
+#include "core/half.h"
+#include "million/error.h"
+#include "pq/codebook.h"
+#include "pq/encode.h"
+
+namespace million::cuda {
+namespace {
+
+float bf(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+float hf(float x) { return f16_to_f32(f32_to_f16(x)); }
+
+struct Reference {
+  LlamaShape s;
+  LlamaHostWeights w;  // already bf16-rounded
+  bool pq = false;
+  int M = 0;
+  LlamaHostCodebooks cb;
+  std::vector<std::vector<float>> kc, vc;  // per layer [Hkv][t][hd] as attention reads them
+
+  // y[out] = W[out, in] x[in]
+  static std::vector<double> matvec(const std::vector<float>& W, const std::vector<float>& x, int out, int in) {
+    std::vector<double> y(static_cast<std::size_t>(out), 0.0);
+    for (int o = 0; o < out; ++o) {
+      double a = 0;
+      for (int i = 0; i < in; ++i) a += static_cast<double>(W[static_cast<std::size_t>(o) * in + i]) * x[static_cast<std::size_t>(i)];
+      y[static_cast<std::size_t>(o)] = a;
+    }
+    return y;
+  }
+  std::vector<float> norm(const std::vector<double>& x, const std::vector<float>& g) const {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double r = 1.0 / std::sqrt(ss / static_cast<double>(x.size()) + s.norm_eps);
+    std::vector<float> out(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) out[i] = bf(static_cast<float>(x[i] * r * g[i]));
+    return out;
+  }
+  // One codebook row's nearest centroid (f32 centroids) decoded with fp16 centroids.
+  std::vector<float> pq_roundtrip(const std::vector<float>& cen, const float* x) const {
+    PQCodebook c;
+    c.head_dim = s.head_dim;
+    c.M = M;
+    c.nbits = 8;
+    c.centroids = cen;
+    std::vector<std::uint8_t> codes(static_cast<std::size_t>(M));
+    pq_encode_ref(c, x, 1, codes.data());
+    const int dsub = s.head_dim / M;
+    std::vector<float> out(static_cast<std::size_t>(s.head_dim));
+    for (int m = 0; m < M; ++m) {
+      for (int j = 0; j < dsub; ++j) {
+        out[static_cast<std::size_t>(m * dsub + j)] = hf(cen[(static_cast<std::size_t>(m) * 256 + codes[static_cast<std::size_t>(m)]) * dsub + j]);
+      }
+    }
+    return out;
+  }
+
+  std::vector<double> step(int token, int pos) {
+    const int H = s.n_heads, Hkv = s.n_kv_heads, hd = s.head_dim, G = H / Hkv;
+    const int qd = H * hd, kd = Hkv * hd;
+    if (kc.empty()) {
+      kc.assign(static_cast<std::size_t>(s.n_layers), {});
+      vc.assign(static_cast<std::size_t>(s.n_layers), {});
+    }
+    std::vector<double> x(static_cast<std::size_t>(s.hidden));
+    for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] = w.tok_embd[static_cast<std::size_t>(token) * s.hidden + i];
+    for (int l = 0; l < s.n_layers; ++l) {
+      const auto& L = w.layers[static_cast<std::size_t>(l)];
+      const auto xb = norm(x, L.attn_norm);
+      auto q = matvec(L.wq, xb, qd, s.hidden), k = matvec(L.wk, xb, kd, s.hidden), v = matvec(L.wv, xb, kd, s.hidden);
+      auto rope = [&](std::vector<double>& t, int heads) {
+        for (int h = 0; h < heads; ++h) {
+          for (int j = 0; j < hd / 2; ++j) {
+            const double a = pos * std::pow(s.rope_theta, -2.0 * j / hd);
+            const int i0 = s.rope_interleaved ? 2 * j : j, i1 = s.rope_interleaved ? 2 * j + 1 : j + hd / 2;
+            // the GPU rotates the f32 values it computed; round like it does
+            const double x0 = static_cast<float>(t[static_cast<std::size_t>(h * hd + i0)]);
+            const double x1 = static_cast<float>(t[static_cast<std::size_t>(h * hd + i1)]);
+            t[static_cast<std::size_t>(h * hd + i0)] = x0 * std::cos(a) - x1 * std::sin(a);
+            t[static_cast<std::size_t>(h * hd + i1)] = x0 * std::sin(a) + x1 * std::cos(a);
+          }
+        }
+      };
+      rope(q, H);
+      rope(k, Hkv);
+      auto& K = kc[static_cast<std::size_t>(l)];
+      auto& V = vc[static_cast<std::size_t>(l)];
+      K.resize(static_cast<std::size_t>(Hkv) * (pos + 1) * hd);
+      V.resize(K.size());
+      // Re-lay out [Hkv][t][hd]: grow by rebuilding (tests are small).
+      std::vector<float> K2(static_cast<std::size_t>(Hkv) * (pos + 1) * hd), V2(K2.size());
+      for (int h = 0; h < Hkv; ++h) {
+        for (int t = 0; t < pos; ++t) {
+          for (int i = 0; i < hd; ++i) {
+            K2[(static_cast<std::size_t>(h) * (pos + 1) + t) * hd + i] = K[(static_cast<std::size_t>(h) * pos + t) * hd + i];
+            V2[(static_cast<std::size_t>(h) * (pos + 1) + t) * hd + i] = V[(static_cast<std::size_t>(h) * pos + t) * hd + i];
+          }
+        }
+        std::vector<float> kn(static_cast<std::size_t>(hd)), vn(kn.size());
+        for (int i = 0; i < hd; ++i) {
+          kn[static_cast<std::size_t>(i)] = static_cast<float>(k[static_cast<std::size_t>(h * hd + i)]);
+          vn[static_cast<std::size_t>(i)] = static_cast<float>(v[static_cast<std::size_t>(h * hd + i)]);
+        }
+        if (pq) {
+          const std::size_t per = static_cast<std::size_t>(M) * 256 * (hd / M);
+          const auto& ck = cb.k[static_cast<std::size_t>(l)];
+          const auto& cv = cb.v[static_cast<std::size_t>(l)];
+          kn = pq_roundtrip(std::vector<float>(ck.begin() + static_cast<std::ptrdiff_t>(h * per), ck.begin() + static_cast<std::ptrdiff_t>((h + 1) * per)), kn.data());
+          vn = pq_roundtrip(std::vector<float>(cv.begin() + static_cast<std::ptrdiff_t>(h * per), cv.begin() + static_cast<std::ptrdiff_t>((h + 1) * per)), vn.data());
+        } else {
+          for (auto& e : kn) e = hf(e);
+          for (auto& e : vn) e = hf(e);
+        }
+        for (int i = 0; i < hd; ++i) {
+          K2[(static_cast<std::size_t>(h) * (pos + 1) + pos) * hd + i] = kn[static_cast<std::size_t>(i)];
+          V2[(static_cast<std::size_t>(h) * (pos + 1) + pos) * hd + i] = vn[static_cast<std::size_t>(i)];
+        }
+      }
+      K = std::move(K2);
+      V = std::move(V2);
+      std::vector<float> att(static_cast<std::size_t>(qd));
+      for (int h = 0; h < H; ++h) {
+        const int kh = h / G;
+        std::vector<double> sc(static_cast<std::size_t>(pos + 1));
+        double mx = -1e300;
+        for (int t = 0; t <= pos; ++t) {
+          double d = 0;
+          for (int i = 0; i < hd; ++i) {
+            d += static_cast<float>(q[static_cast<std::size_t>(h * hd + i)]) * static_cast<double>(K[(static_cast<std::size_t>(kh) * (pos + 1) + t) * hd + i]);
+          }
+          sc[static_cast<std::size_t>(t)] = d / std::sqrt(static_cast<double>(hd));
+          mx = std::max(mx, sc[static_cast<std::size_t>(t)]);
+        }
+        double den = 0;
+        for (auto& e : sc) den += (e = std::exp(e - mx));
+        for (int i = 0; i < hd; ++i) {
+          double o = 0;
+          for (int t = 0; t <= pos; ++t) o += sc[static_cast<std::size_t>(t)] * V[(static_cast<std::size_t>(kh) * (pos + 1) + t) * hd + i];
+          att[static_cast<std::size_t>(h * hd + i)] = bf(static_cast<float>(o / den));
+        }
+      }
+      const auto o = matvec(L.wo, att, s.hidden, qd);
+      for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] += static_cast<float>(o[static_cast<std::size_t>(i)]);
+      const auto xb2 = norm(x, L.ffn_norm);
+      const auto g = matvec(L.w_gate, xb2, s.ffn, s.hidden), u = matvec(L.w_up, xb2, s.ffn, s.hidden);
+      std::vector<float> hb(static_cast<std::size_t>(s.ffn));
+      for (int i = 0; i < s.ffn; ++i) {
+        const double gi = static_cast<float>(g[static_cast<std::size_t>(i)]);
+        hb[static_cast<std::size_t>(i)] = bf(static_cast<float>(gi / (1 + std::exp(-gi)) * static_cast<float>(u[static_cast<std::size_t>(i)])));
+      }
+      const auto d = matvec(L.w_down, hb, s.hidden, s.ffn);
+      for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] += static_cast<float>(d[static_cast<std::size_t>(i)]);
+    }
+    return matvec(w.lm_head, norm(x, w.final_norm), s.vocab, s.hidden);
+  }
+};
+
+LlamaShape tiny(int head_dim, int heads, int kv_heads) {
+  LlamaShape s;
+  s.hidden = 96;
+  s.n_layers = 2;
+  s.n_heads = heads;
+  s.n_kv_heads = kv_heads;
+  s.head_dim = head_dim;
+  s.ffn = 160;
+  s.vocab = 77;
+  s.rope_theta = 10000.0;
+  return s;
+}
+
+LlamaHostWeights random_weights(const LlamaShape& s, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto mat = [&](int out, int in, float scale) {
+    std::vector<float> m(static_cast<std::size_t>(out) * in);
+    for (auto& x : m) x = bf(u(rng) * scale);
+    return m;
+  };
+  auto vec = [&](int n) {
+    std::vector<float> m(static_cast<std::size_t>(n));
+    for (auto& x : m) x = 1.0f + 0.2f * u(rng);  // f32, as uploaded
+    return m;
+  };
+  const int qd = s.n_heads * s.head_dim, kd = s.n_kv_heads * s.head_dim;
+  const float hs = 1.0f / std::sqrt(static_cast<float>(s.hidden));
+  LlamaHostWeights w;
+  w.tok_embd = mat(s.vocab, s.hidden, 1.0f);
+  w.lm_head = mat(s.vocab, s.hidden, hs);
+  w.final_norm = vec(s.hidden);
+  for (int l = 0; l < s.n_layers; ++l) {
+    LlamaHostWeights::Layer L;
+    L.attn_norm = vec(s.hidden);
+    L.ffn_norm = vec(s.hidden);
+    L.wq = mat(qd, s.hidden, 3 * hs);  // larger q/k: attention that is not flat
+    L.wk = mat(kd, s.hidden, 3 * hs);
+    L.wv = mat(kd, s.hidden, hs);
+    L.wo = mat(s.hidden, qd, 1.0f / std::sqrt(static_cast<float>(qd)));
+    L.w_gate = mat(s.ffn, s.hidden, hs);
+    L.w_up = mat(s.ffn, s.hidden, hs);
+    L.w_down = mat(s.hidden, s.ffn, 1.0f / std::sqrt(static_cast<float>(s.ffn)));
+    w.layers.push_back(std::move(L));
+  }
+  return w;
+}
+
+// Bounds (of the largest |logit|): 2e-2 for the fp16 cache (bf16 GEMM inputs rounded on
+// either side of a boundary now and then); 3e-2 for PQ, whose tensor-core attention rounds the
+// queries and probabilities to fp16 (a score s carries ~|s| x 2^-11; these weights make scores
+// of 10-20).
+void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int batch, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  LlamaShape sh = s;
+  sh.rope_interleaved = interleaved;
+  Reference ref{sh, random_weights(sh, rng)};
+  const int steps = 23;
+  GpuLlamaOptions o;
+  o.batch = batch;
+  o.capacity = steps;
+  o.cache = cache;
+  o.pq_M = M;
+  GpuLlama gpu(sh, o);
+  gpu.upload_weights(ref.w);
+  if (cache == GpuCache::kPQ) {
+    ref.pq = true;
+    ref.M = M;
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    for (int l = 0; l < sh.n_layers; ++l) {
+      std::vector<float> k(static_cast<std::size_t>(sh.n_kv_heads) * sh.head_dim * 256), v(k.size());
+      for (auto& x : k) x = u(rng);
+      for (auto& x : v) x = 0.5f * u(rng);
+      ref.cb.k.push_back(k);
+      ref.cb.v.push_back(v);
+    }
+    gpu.upload_codebooks(ref.cb);
+  }
+  // Every sequence of the batch gets its own tokens; the reference runs sequence 0 and the
+  // last one (a mix-up between sequences would show).
+  std::vector<std::vector<int>> toks(static_cast<std::size_t>(steps), std::vector<int>(static_cast<std::size_t>(batch)));
+  for (auto& row : toks) {
+    for (auto& t : row) t = static_cast<int>(rng() % static_cast<unsigned>(sh.vocab));
+  }
+  Reference ref_last = ref;
+  double worst = 0;
+  for (int p = 0; p < steps; ++p) {
+    const float* d_logits = gpu.step(toks[static_cast<std::size_t>(p)]);
+    std::vector<float> got(static_cast<std::size_t>(batch) * sh.vocab);
+    check(cudaStreamSynchronize(gpu.stream()), "sync");
+    check(cudaMemcpy(got.data(), d_logits, got.size() * 4, cudaMemcpyDeviceToHost), "logits");
+    const std::vector<int> checked = batch == 1 ? std::vector<int>{0} : std::vector<int>{0, batch - 1};
+    for (int which : checked) {
+      Reference& r = which == 0 ? ref : ref_last;
+      const auto want = r.step(toks[static_cast<std::size_t>(p)][static_cast<std::size_t>(which)], p);
+      double scale = 1e-3, err = 0;
+      for (double x : want) scale = std::max(scale, std::fabs(x));
+      for (int i = 0; i < sh.vocab; ++i) {
+        err = std::max(err, std::fabs(got[static_cast<std::size_t>(which) * sh.vocab + i] - want[static_cast<std::size_t>(i)]));
+      }
+      worst = std::max(worst, err / scale);
+      ASSERT_LE(err, (cache == GpuCache::kPQ ? 3e-2 : 2e-2) * scale) << (cache == GpuCache::kPQ ? "pq" : "f16") << " head_dim " << sh.head_dim
+                                   << " step " << p << " sequence " << which;
+    }
+  }
+  std::printf("GpuLlama %s head_dim %d GQA %d batch %d rope %s: worst logit error %.3g of the logit scale\n",
+              cache == GpuCache::kPQ ? "pq" : "f16", sh.head_dim, sh.n_heads / sh.n_kv_heads, batch,
+              interleaved ? "interleaved" : "half", worst);
+  EXPECT_THROW(gpu.step(toks[0]), InvalidArgumentError);  // the cache is full
+}
+
+TEST(GpuLlama, F16CacheMatchesReference) {
+  run_case(tiny(64, 4, 2), GpuCache::kF16, 0, false, 1, 11);
+  run_case(tiny(128, 4, 1), GpuCache::kF16, 0, true, 3, 12);
+  run_case(tiny(128, 4, 2), GpuCache::kF16, 0, false, 2, 17);
+}
+
+TEST(GpuLlama, PQCacheMatchesReference) {
+  run_case(tiny(128, 8, 2), GpuCache::kPQ, 64, false, 2, 13);
+  run_case(tiny(64, 2, 2), GpuCache::kPQ, 16, true, 1, 14);
+}
+
+TEST(GpuLlama, RefusesWhatDoesNotFit) {
+  GpuLlamaOptions o;
+  o.capacity = 1 << 20;
+  o.cache = GpuCache::kF16;  // Llama-3-8B, fp16 cache of 1M tokens: 128 GiB + 15 GiB of weights
+  try {
+    GpuLlama g(LlamaShape::llama3_8b(), o);
+    FAIL() << "a 1M-token fp16 cache was accepted";
+  } catch (const ResourceError& e) {
+    const std::string msg = e.what();
+    std::printf("refused: %s\n", msg.c_str());
+    EXPECT_NE(msg.find("does not fit"), std::string::npos);
+    EXPECT_NE(msg.find("GiB"), std::string::npos);
+  }
+  GpuLlamaOptions bad;
+  bad.capacity = 16;
+  bad.cache = GpuCache::kPQ;
+  bad.pq_M = 48;  // dsub not 2 or 4
+  EXPECT_THROW(GpuLlama(tiny(128, 2, 1), bad), InvalidArgumentError);
+}
+
+}  // namespace
+}  // namespace million::cuda
