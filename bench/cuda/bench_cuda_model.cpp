@@ -2,7 +2,8 @@
 // shape (default Llama-3-8B) with random bf16 weights (no weight file needed), its KV cache
 // filled synthetically to the context depth (random fp16 values / random PQ codes: no
 // million-token prefill), then timed decode steps (CUDA events around --steps steps after two
-// warm-up steps). A cache that does not fit is refused up front with the memory it would need,
+// warm-up steps; each step waits for the previous one, as sampling would), eager kernel launches
+// and one CUDA graph per step side by side. A cache that does not fit is refused up front with the memory it would need,
 // and the table says so. Bytes per token: bf16 weights + the cache read by attention.
 //   bench_cuda_model [--out FILE] [--steps N] [--batch B] [--contexts 32768,131072]
 //                    [--caches f16,pq4,pq2] [--pq-1m 1]   (pq-1m: also pq 4-bit at 1M tokens)
@@ -67,14 +68,18 @@ int main(int argc, char** argv) {
   struct Run {
     std::string cache;
     long long ctx;
+    bool graph;
   };
   std::vector<Run> runs;
   for (const auto& c : caches) {
-    for (const auto& t : contexts) runs.push_back({c, std::stoll(t)});
+    for (const auto& t : contexts) {
+      runs.push_back({c, std::stoll(t), false});
+      runs.push_back({c, std::stoll(t), true});
+    }
   }
   if (pq_1m) {
-    runs.push_back({"f16", 1 << 20});
-    runs.push_back({"pq4", 1 << 20});
+    runs.push_back({"f16", 1 << 20, true});
+    runs.push_back({"pq4", 1 << 20, true});
   }
   for (const Run& r : runs) {
     GpuLlamaOptions o;
@@ -82,7 +87,9 @@ int main(int argc, char** argv) {
     o.capacity = r.ctx + steps + 3;
     o.cache = r.cache == "f16" ? GpuCache::kF16 : GpuCache::kPQ;
     o.pq_M = r.cache == "pq4" ? 64 : r.cache == "pq2" ? 32 : 0;
-    const std::string name = r.cache == "f16" ? "fp16" : r.cache == "pq4" ? "pq 4-bit (M=64)" : "pq 2-bit (M=32)";
+    o.cuda_graph = r.graph;
+    const std::string name = std::string(r.cache == "f16" ? "fp16" : r.cache == "pq4" ? "pq 4-bit (M=64)" : "pq 2-bit (M=32)") +
+                             (r.graph ? ", graph" : ", eager launches");
     char line[600];
     try {
       GpuLlama model(shape, o);
@@ -95,7 +102,7 @@ int main(int argc, char** argv) {
       check(cudaEventCreate(&a), "event");
       check(cudaEventCreate(&b), "event");
       check(cudaEventRecord(a, model.stream()), "event");
-      for (int i = 0; i < steps; ++i) model.step(tokens);
+      for (int i = 0; i < steps; ++i) model.step(tokens);  // each step waits for the one before (decode is sequential)
       check(cudaEventRecord(b, model.stream()), "event");
       check(cudaEventSynchronize(b), "event");
       float ms = 0;

@@ -34,6 +34,10 @@ struct DenseDecodeArgs {
   const float* q = nullptr;
   float* out = nullptr;
   float scale = 0.0f;
+  /// If set, the kernel reads the token count from this device address when it runs (a decode
+  /// step captured once in a CUDA graph); shape.n_tokens then only bounds the host's checks and
+  /// the split choice (pass the capacity), and splits past the tokens produce empty partials.
+  const std::int64_t* n_tokens_device = nullptr;
 };
 
 /// Which PQ decode kernel runs.
@@ -63,6 +67,8 @@ struct PQDecodeArgs {
   float* out = nullptr;
   float scale = 0.0f;
   PQKernel kernel = PQKernel::kCudaCores;
+  /// As DenseDecodeArgs::n_tokens_device; the kMma kernel only (InvalidArgumentError otherwise).
+  const std::int64_t* n_tokens_device = nullptr;
 
   /// Normalised codebooks (src/pq/normalize.h; the kMma kernel takes all but value
   /// channel-groups). Null = none; per kind at most one of the two, all fp16, in the
@@ -122,6 +128,9 @@ struct PQEncodeArgs {
   std::int64_t capacity = 0;
   std::int64_t pos0 = 0;
   PQCodeOrder order = PQCodeOrder::kTokenMajor;
+  /// If set, pos0 is read on the device when the kernel runs: *len_device - n_tokens (the
+  /// cache's length after these tokens; CUDA graphs). pos0 above is then not used.
+  const std::int64_t* len_device = nullptr;
 };
 /// Throws InvalidArgumentError for bad shapes (dsub not dividing, ksub not a power of two in
 /// [2, 256], tokens past capacity, M not a multiple of 8 for the mma orders); launches on `stream`.

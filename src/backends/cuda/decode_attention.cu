@@ -443,6 +443,7 @@ struct DenseParams {
   std::int64_t n_tokens, capacity;
   int n_heads, n_kv_heads, splits;
   float scale;
+  const std::int64_t* n_tokens_dev;  // read on the device when set (CUDA graphs)
 };
 
 template <int D, int G>
@@ -459,8 +460,9 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_kernel(DenseParams p
   const std::int64_t seq = static_cast<std::int64_t>(b) * p.n_kv_heads + h;
   const float* q = p.q + (static_cast<std::int64_t>(b) * p.n_heads + static_cast<std::int64_t>(h) * G) * D;
   for (int i = t; i < G * D; i += kThreads) sQ[(i % D) * G + i / D] = q[i];
+  const std::int64_t n_tokens = p.n_tokens_dev ? *p.n_tokens_dev : p.n_tokens;
   std::int64_t tile_lo, tile_hi;
-  split_tiles(p.n_tokens, kTile, p.splits, tile_lo, tile_hi);
+  split_tiles(n_tokens, kTile, p.splits, tile_lo, tile_hi);
   const __half* K = p.k + seq * p.capacity * D;
   const __half* V = p.v + seq * p.capacity * D;
 
@@ -475,7 +477,7 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_kernel(DenseParams p
   }
   for (std::int64_t tile = tile_lo; tile < tile_hi; ++tile) {
     const std::int64_t base = tile * kTile;
-    const int n_valid = static_cast<int>(p.n_tokens - base < kTile ? p.n_tokens - base : kTile);
+    const int n_valid = static_cast<int>(n_tokens - base < kTile ? n_tokens - base : kTile);
     __syncthreads();
     float s[G];
 #pragma unroll
@@ -644,7 +646,7 @@ std::size_t decode_workspace_floats(const DecodeShape& s, int splits) {
 void dense_decode_attention(const DenseDecodeArgs& a, float* workspace, int splits, cudaStream_t stream) {
   validate(a.shape, splits, kTile);
   DenseParams p{static_cast<const __half*>(a.k), static_cast<const __half*>(a.v), a.q, workspace, a.shape.n_tokens,
-                a.shape.capacity, a.shape.n_heads, a.shape.n_kv_heads, splits, a.scale};
+                a.shape.capacity, a.shape.n_heads, a.shape.n_kv_heads, splits, a.scale, a.n_tokens_device};
   if (a.shape.head_dim == 128) {
     run_dense_g<128>(p, a.shape, stream);
   } else {
@@ -666,6 +668,10 @@ void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cu
              a.shape.n_heads, a.shape.n_kv_heads, a.ksub, splits, a.scale};
   const int D = a.shape.head_dim;
   const bool norm = a.normalised();
+  if (a.n_tokens_device) {
+    if (a.kernel != PQKernel::kMma) throw InvalidArgumentError("CUDA PQ attention: n_tokens_device needs the mma kernel");
+    p.n_tokens_dev = a.n_tokens_device;
+  }
   if (norm) {
     if (a.kernel == PQKernel::kMma && a.v_group_params) {
       throw InvalidArgumentError("CUDA PQ attention: the mma kernel has no value channel-groups");

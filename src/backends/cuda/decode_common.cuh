@@ -49,6 +49,7 @@ struct PQParams {
   std::int64_t n_groups = 0;  // ceil(capacity / norm_group)
   int norm_group = 0;
   int norm_slots = 0;  // most channel-groups one tile touches (the scaled queries' shared-memory slots)
+  const std::int64_t* n_tokens_dev = nullptr;  // mma kernel: n_tokens read on the device (graphs)
 };
 
 template <int DSUB>

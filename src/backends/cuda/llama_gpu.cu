@@ -63,9 +63,10 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, bf16* out, int n,
 
 // Splits qkv rows into q [B, H, hd], k, v [B, Hkv, hd] and rotates q and k at position pos
 // (angles in double: pos * inv_freq reaches 1e6 radians at a million tokens).
-__global__ void rope_split_kernel(const float* qkv, const double* inv_freq, std::int64_t pos, float* q, float* k,
-                                  float* v, int H, int Hkv, int hd, bool interleaved) {
+__global__ void rope_split_kernel(const float* qkv, const double* inv_freq, const std::int64_t* len, float* q,
+                                  float* k, float* v, int H, int Hkv, int hd, bool interleaved) {
   const int b = blockIdx.x, half = hd / 2;
+  const std::int64_t pos = *len - 1;
   const int qd = H * hd, kd = Hkv * hd;
   const float* row = qkv + static_cast<std::int64_t>(b) * (qd + 2 * kd);
   for (int i = threadIdx.x; i < (H + Hkv) * half; i += blockDim.x) {
@@ -85,13 +86,15 @@ __global__ void rope_split_kernel(const float* qkv, const double* inv_freq, std:
 
 // k, v [B * Hkv, hd] f32 -> fp16 caches [B * Hkv, capacity, hd] at pos.
 __global__ void append_f16_kernel(const float* k, const float* v, __half* kc, __half* vc, std::int64_t capacity,
-                                  std::int64_t pos, int hd) {
-  const std::int64_t sh = blockIdx.x;
+                                  const std::int64_t* len, int hd) {
+  const std::int64_t sh = blockIdx.x, pos = *len - 1;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) {
     kc[(sh * capacity + pos) * hd + i] = __float2half(k[sh * hd + i]);
     vc[(sh * capacity + pos) * hd + i] = __float2half(v[sh * hd + i]);
   }
 }
+
+__global__ void advance_kernel(std::int64_t* len) { *len += 1; }
 
 __global__ void to_bf16_kernel(const float* x, bf16* y, std::int64_t n) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) {
@@ -186,10 +189,15 @@ struct GpuLlama::Impl {
   std::vector<Layer> layers;
   void* cache = nullptr;  // one allocation: every layer's cache (+ PQ codebooks)
   void* work = nullptr;   // one allocation: activations, workspace
-  int* tokens = nullptr;
+  int* tokens = nullptr;      // device [batch]
+  int* host_tokens = nullptr; // pinned [batch]: the graph's copy reads it when it runs
+  std::int64_t* len = nullptr;  // device: tokens in the cache once this step's token is appended
   float *x, *tmp, *qkv, *q, *k, *v, *att, *gu, *logits, *ws;
   bf16* xb;
   double* inv_freq;
+  void* blas_ws = nullptr;
+  int dense_splits = 0, pq_splits = 0;  // chosen for the capacity (the kernels skip empty splits)
+  cudaGraphExec_t graph = nullptr;
 };
 
 namespace {
@@ -207,12 +215,13 @@ Sizes sizes(const LlamaShape& s) {
   return z;
 }
 std::int64_t codebook_elems(const LlamaShape& s) { return static_cast<std::int64_t>(s.n_kv_heads) * s.head_dim * 256; }
+constexpr std::size_t kBlasWorkspace = 32u << 20;
 std::int64_t work_bytes(const LlamaShape& s, int B, int splits_max) {
   const Sizes z = sizes(s);
   const std::int64_t f32 = B * (2ll * s.hidden + (z.q + 2 * z.kv) + 2 * z.q + 2 * z.kv + 2ll * s.ffn + s.vocab) +
                            static_cast<std::int64_t>(B) * s.n_heads * splits_max * (s.head_dim + 2);
   const std::int64_t xb = static_cast<std::int64_t>(B) * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
-  return 4 * f32 + 2 * xb + 8ll * s.head_dim + 4ll * B + 1024;
+  return 4 * f32 + 2 * xb + 8ll * s.head_dim + 4ll * B + 8 + 1024;
 }
 
 }  // namespace
@@ -245,7 +254,8 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
   check(cudaGetDevice(&dev), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&m.sm_count, cudaDevAttrMultiProcessorCount, dev), "SM count");
   const int splits_max = 4 * m.sm_count;
-  const std::int64_t need_w = weight_bytes(s), need_c = cache_bytes(s, opt_), need_work = work_bytes(s, opt_.batch, splits_max);
+  const std::int64_t need_w = weight_bytes(s), need_c = cache_bytes(s, opt_),
+                     need_work = work_bytes(s, opt_.batch, splits_max) + static_cast<std::int64_t>(kBlasWorkspace);
   std::size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   const double gib = 1024.0 * 1024.0 * 1024.0;
@@ -261,6 +271,8 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   check_blas(cublasCreate(&m.blas), "cublasCreate");
   check_blas(cublasSetStream(m.blas, stream_), "cublasSetStream");
+  check(cudaMalloc(&m.blas_ws, kBlasWorkspace), "cudaMalloc(cuBLAS workspace)");
+  check_blas(cublasSetWorkspace(m.blas, m.blas_ws, kBlasWorkspace), "cublasSetWorkspace");  // no allocation inside a graph
 
   const Sizes z = sizes(s);
   check(cudaMalloc(&m.weights, static_cast<std::size_t>(need_w)), "cudaMalloc(weights)");
@@ -325,7 +337,20 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
   m.xb = reinterpret_cast<bf16*>(fp);
   bf16* xb_end = m.xb + static_cast<std::int64_t>(B) * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
   m.inv_freq = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(xb_end) + 15) & ~std::uintptr_t{15});
-  m.tokens = reinterpret_cast<int*>(m.inv_freq + s.head_dim / 2);
+  m.len = reinterpret_cast<std::int64_t*>(m.inv_freq + s.head_dim / 2);
+  m.tokens = reinterpret_cast<int*>(m.len + 1);
+  check(cudaMallocHost(&m.host_tokens, sizeof(int) * static_cast<std::size_t>(B)), "cudaMallocHost(tokens)");
+  check(cudaMemset(m.len, 0, sizeof(std::int64_t)), "cache length");
+  // Splits for the capacity: the kernels read the length on the device and leave the splits
+  // past it empty, so one choice (and one graph) serves every step.
+  const DecodeShape cap{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.capacity, opt_.capacity};
+  m.dense_splits = choose_splits(cap, m.sm_count);
+  if (opt_.cache == GpuCache::kPQ) {
+    PQDecodeArgs a;
+    a.shape = cap;
+    a.M = opt_.pq_M;
+    m.pq_splits = choose_splits_mma(cap, m.sm_count, pq_mma_blocks_per_sm(a));
+  }
   std::vector<double> inv(static_cast<std::size_t>(s.head_dim / 2));
   for (int i = 0; i < s.head_dim / 2; ++i) inv[static_cast<std::size_t>(i)] = std::pow(s.rope_theta, -2.0 * i / s.head_dim);
   check(cudaMemcpy(m.inv_freq, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice), "upload inv_freq");
@@ -333,7 +358,10 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
 
 GpuLlama::~GpuLlama() {
   if (impl_) {
+    if (impl_->graph) cudaGraphExecDestroy(impl_->graph);
     if (impl_->blas) cublasDestroy(impl_->blas);
+    cudaFree(impl_->blas_ws);
+    cudaFreeHost(impl_->host_tokens);
     cudaFree(impl_->weights);
     cudaFree(impl_->cache);
     cudaFree(impl_->work);
@@ -456,24 +484,65 @@ void GpuLlama::fill_cache_random(std::int64_t n, std::uint64_t seed) {
       }
     }
   }
+  check(cudaMemcpyAsync(impl_->len, &n, sizeof n, cudaMemcpyHostToDevice, stream_), "cache length");
   check(cudaGetLastError(), "fill cache");
   check(cudaStreamSynchronize(stream_), "fill cache");
   pos_ = n;
 }
 
+void GpuLlama::reset() {
+  check(cudaStreamSynchronize(stream_), "reset");
+  check(cudaMemset(impl_->len, 0, sizeof(std::int64_t)), "cache length");
+  pos_ = 0;
+}
+
 const float* GpuLlama::step(const std::vector<int>& tokens) {
-  const LlamaShape& s = shape_;
-  const Sizes z = sizes(s);
   Impl& m = *impl_;
   const int B = opt_.batch;
   if (static_cast<int>(tokens.size()) != B) throw InvalidArgumentError("GpuLlama::step: one token per sequence");
   for (int t : tokens) {
-    if (t < 0 || t >= s.vocab) throw InvalidArgumentError("GpuLlama::step: token " + std::to_string(t) + " out of the vocabulary");
+    if (t < 0 || t >= shape_.vocab) {
+      throw InvalidArgumentError("GpuLlama::step: token " + std::to_string(t) + " out of the vocabulary");
+    }
   }
   if (pos_ >= opt_.capacity) {
     throw InvalidArgumentError("GpuLlama::step: the cache is full (" + std::to_string(opt_.capacity) + " tokens)");
   }
-  check(cudaMemcpyAsync(m.tokens, tokens.data(), tokens.size() * sizeof(int), cudaMemcpyHostToDevice, stream_), "tokens");
+  check(cudaStreamSynchronize(stream_), "previous step");  // its copy of host_tokens is done
+  std::memcpy(m.host_tokens, tokens.data(), sizeof(int) * tokens.size());
+  if (!opt_.cuda_graph) {
+    enqueue_step();
+  } else {
+    if (!m.graph) {
+      cudaGraph_t g = nullptr;
+      check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+      try {
+        enqueue_step();
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &g);
+        if (g) cudaGraphDestroy(g);
+        throw;
+      }
+      check(cudaStreamEndCapture(stream_, &g), "cudaStreamEndCapture");
+      const cudaError_t err = cudaGraphInstantiate(&m.graph, g, 0);
+      cudaGraphDestroy(g);
+      check(err, "cudaGraphInstantiate");
+    }
+    check(cudaGraphLaunch(m.graph, stream_), "cudaGraphLaunch");
+  }
+  ++pos_;
+  return m.logits;
+}
+
+void GpuLlama::enqueue_step() {
+  const LlamaShape& s = shape_;
+  const Sizes z = sizes(s);
+  Impl& m = *impl_;
+  const int B = opt_.batch;
+  check(cudaMemcpyAsync(m.tokens, m.host_tokens, sizeof(int) * static_cast<std::size_t>(B), cudaMemcpyHostToDevice,
+                        stream_),
+        "tokens");
+  advance_kernel<<<1, 1, 0, stream_>>>(m.len);
   const float one = 1.0f, zero = 0.0f;
   // y[B, out] = x[B, in] W^T with W [out, in] row-major (column-major: y^T = W x^T).
   auto gemm = [&](const bf16* W, const bf16* x, float* y, std::int64_t out, std::int64_t in) {
@@ -483,19 +552,21 @@ const float* GpuLlama::step(const std::vector<int>& tokens) {
                "cublasGemmEx");
   };
   embed_kernel<<<B, 256, 0, stream_>>>(m.tok_embd, m.tokens, m.x, s.hidden);
-  const DecodeShape ds{B, s.n_heads, s.n_kv_heads, s.head_dim, pos_ + 1, opt_.capacity};
+  // Host-side shape: the capacity (checks, splits); the kernels read the length from m.len.
+  const DecodeShape ds{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.capacity, opt_.capacity};
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
   for (const auto& L : m.layers) {
     rmsnorm_kernel<<<B, 256, 0, stream_>>>(m.x, L.attn_norm, m.xb, s.hidden, s.norm_eps);
     gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden);
-    rope_split_kernel<<<B, 256, 0, stream_>>>(m.qkv, m.inv_freq, pos_, m.q, m.k, m.v, s.n_heads, s.n_kv_heads,
+    rope_split_kernel<<<B, 256, 0, stream_>>>(m.qkv, m.inv_freq, m.len, m.q, m.k, m.v, s.n_heads, s.n_kv_heads,
                                               s.head_dim, s.rope_interleaved);
     if (opt_.cache == GpuCache::kF16) {
       append_f16_kernel<<<B * s.n_kv_heads, s.head_dim, 0, stream_>>>(m.k, m.v, static_cast<__half*>(L.kc),
-                                                                      static_cast<__half*>(L.vc), opt_.capacity, pos_,
+                                                                      static_cast<__half*>(L.vc), opt_.capacity, m.len,
                                                                       s.head_dim);
-      const int splits = choose_splits(ds, m.sm_count);
-      dense_decode_attention({ds, L.kc, L.vc, m.q, m.att, scale}, m.ws, splits, stream_);
+      DenseDecodeArgs a{ds, L.kc, L.vc, m.q, m.att, scale};
+      a.n_tokens_device = m.len;
+      dense_decode_attention(a, m.ws, m.dense_splits, stream_);
     } else {
       PQEncodeArgs e;
       e.n_seq_heads = B * s.n_kv_heads;
@@ -506,7 +577,7 @@ const float* GpuLlama::step(const std::vector<int>& tokens) {
       e.ksub = 256;
       e.cb_head_stride = codebook_elems(s) / s.n_kv_heads;
       e.capacity = opt_.capacity;
-      e.pos0 = pos_;
+      e.len_device = m.len;
       e.x = m.k;
       e.centroids = L.cbk32;
       e.codes = static_cast<std::uint8_t*>(L.kc);
@@ -530,8 +601,8 @@ const float* GpuLlama::step(const std::vector<int>& tokens) {
       a.out = m.att;
       a.scale = scale;
       a.kernel = PQKernel::kMma;
-      const int splits = choose_splits_mma(ds, m.sm_count, pq_mma_blocks_per_sm(a));
-      pq_decode_attention(a, m.ws, splits, stream_);
+      a.n_tokens_device = m.len;
+      pq_decode_attention(a, m.ws, m.pq_splits, stream_);
     }
     to_bf16_kernel<<<grid_for(B * z.q), 256, 0, stream_>>>(m.att, m.xb, B * z.q);
     gemm(L.wo, m.xb, m.tmp, s.hidden, z.q);
@@ -545,8 +616,6 @@ const float* GpuLlama::step(const std::vector<int>& tokens) {
   rmsnorm_kernel<<<B, 256, 0, stream_>>>(m.x, m.final_norm, m.xb, s.hidden, s.norm_eps);
   gemm(m.lm_head, m.xb, m.logits, s.vocab, s.hidden);
   check(cudaGetLastError(), "decode step");
-  ++pos_;
-  return m.logits;
 }
 
 }  // namespace million::cuda

@@ -5,8 +5,9 @@
 // rotation / normalisation on the GPU yet) read by the decode-attention kernels of
 // cuda_attention.h, the PQ codes written by pq_encode.
 // Weights come from host arrays (tests) or a seeded random fill on the device (benchmarks of a
-// model shape without its weights). Not here: prefill attention (a prompt is fed token by
-// token), loading model files, CUDA graphs, sampling.
+// model shape without its weights). A step runs as one CUDA graph (GpuLlamaOptions::cuda_graph).
+// Not here: prefill attention (a prompt is fed token by token), loading model files, the
+// normalised / rotated PQ variants, sampling, encoding on a side stream.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -41,6 +42,10 @@ struct GpuLlamaOptions {
   std::int64_t capacity = 0;  ///< tokens per sequence the cache holds
   GpuCache cache = GpuCache::kF16;
   int pq_M = 0;               ///< PQ: subspaces (head_dim / 2: 4 bits, head_dim / 4: 2 bits); ksub 256
+  /// Run each decode step as one CUDA graph (captured at the first step: the kernels read the
+  /// position from device memory, so the same graph serves every step) instead of ~15 launches
+  /// per layer from the host.
+  bool cuda_graph = true;
 };
 
 /// Host-side weights in f32 (rounded to bf16 on upload), Hugging Face layouts: matrices [out, in].
@@ -80,17 +85,20 @@ class GpuLlama {
   void fill_cache_random(std::int64_t n, std::uint64_t seed);
 
   /// One decode step: tokens[batch] at the current position (the same for every sequence);
-  /// returns device logits [batch, vocab] f32 (valid until the next step) and advances the
-  /// position. Throws InvalidArgumentError when the cache is full.
+  /// returns device logits [batch, vocab] f32 (valid until the next step; synchronise
+  /// stream() before reading) and advances the position. Waits for the previous step first.
+  /// Throws InvalidArgumentError when the cache is full.
   const float* step(const std::vector<int>& tokens);
   std::int64_t position() const { return pos_; }
-  void reset() { pos_ = 0; }
+  /// Empties the cache (position 0).
+  void reset();
   cudaStream_t stream() const { return stream_; }
   const LlamaShape& shape() const { return shape_; }
   const GpuLlamaOptions& options() const { return opt_; }
 
  private:
   struct Impl;
+  void enqueue_step();  // the step's work on stream_ (captured into the graph or run eagerly)
   LlamaShape shape_;
   GpuLlamaOptions opt_;
   std::int64_t pos_ = 0;

@@ -204,14 +204,14 @@ __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
   __syncthreads();
 
   // This warp's tiles: the block's split of the sequence cut into kWarps contiguous runs.
+  const std::int64_t n_tokens = p.n_tokens_dev ? *p.n_tokens_dev : p.n_tokens;
   std::int64_t lo, hi;
   {
-    const std::int64_t tiles = (p.n_tokens + kTok - 1) / kTok;
+    const std::int64_t tiles = (n_tokens + kTok - 1) / kTok;
     const std::int64_t blo = tiles * blockIdx.x / p.splits, bhi = tiles * (blockIdx.x + 1) / p.splits;
     lo = blo + (bhi - blo) * warp / kWarps;
     hi = blo + (bhi - blo) * (warp + 1) / kWarps;
   }
-  const std::int64_t n_tokens = p.n_tokens;
   // Next tile to load: key codes of token g (+8 rows: 8 * M), value codes of token 2c (+1, +8,
   // +9 tokens), norms of token g; advanced a tile at a time.
   const std::uint8_t* kp = p.codes_k + (seq * p.capacity + lo * kTok + g) * M + c * (M / 4);

@@ -66,7 +66,8 @@ __global__ void __launch_bounds__(kThreads) pq_encode_kernel(PQEncodeArgs a) {
       if (sd[w] < best || (sd[w] == best && si[w] < best_c)) best = sd[w], best_c = si[w];
     }
     if (best == INFINITY) best_c = 0;  // every distance NaN or infinite: code 0, as the reference
-    a.codes[(static_cast<std::int64_t>(sh) * a.capacity + a.pos0 + tok) * a.M + code_pos(m, a.M, a.order)] =
+    const std::int64_t pos0 = a.len_device ? *a.len_device - a.n_tokens : a.pos0;
+    a.codes[(static_cast<std::int64_t>(sh) * a.capacity + pos0 + tok) * a.M + code_pos(m, a.M, a.order)] =
         static_cast<std::uint8_t>(best_c);
   }
 }
@@ -88,7 +89,7 @@ void pq_encode(const PQEncodeArgs& a, cudaStream_t stream) {
   if (a.order != PQCodeOrder::kTokenMajor && a.M % 8 != 0) {
     throw InvalidArgumentError("CUDA PQ encode: the mma code orders need M a multiple of 8");
   }
-  if (a.n_tokens < 0 || a.pos0 < 0 || a.pos0 + a.n_tokens > a.capacity) {
+  if (a.n_tokens < 0 || a.n_tokens > a.capacity || (!a.len_device && (a.pos0 < 0 || a.pos0 + a.n_tokens > a.capacity))) {
     throw InvalidArgumentError("CUDA PQ encode: tokens " + std::to_string(a.pos0) + " .. " +
                                std::to_string(a.pos0 + a.n_tokens) + " past the capacity " + std::to_string(a.capacity));
   }
