@@ -26,6 +26,10 @@ if(MILLION_BUILD_TESTS)
   million_require(GTest_FOUND libgtest-dev "GoogleTest")
 endif()
 
+# Model files (million_io) are read in the CUDA-only build too.
+find_package(nlohmann_json 3 QUIET)
+million_require(nlohmann_json_FOUND nlohmann-json3-dev "nlohmann-json")
+
 if(NOT MILLION_CPU_ENGINE)
   return()
 endif()
@@ -33,8 +37,6 @@ endif()
 find_package(PkgConfig)
 million_require(PKG_CONFIG_FOUND pkg-config "pkg-config")
 
-find_package(nlohmann_json 3 QUIET)
-million_require(nlohmann_json_FOUND nlohmann-json3-dev "nlohmann-json")
 
 find_package(CLI11 QUIET)
 if(NOT CLI11_FOUND)

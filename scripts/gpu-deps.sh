@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Prepares what a CUDA-only build needs on the GPU machine and that machine lacks: the fmt
 # headers, taken from Debian's libfmt-dev package (downloaded with apt-get, unpacked here into
-# .gpu-deps/, used header-only). Run on a development machine before sending the checkout;
+# .gpu-deps/, used header-only) — and, when ../shared holds it, the gutenberg-23m model
+# (weights, config, golden.json: 45 MB) copied into device-carry/ for the GPU's real-model test.
+# Run on a development machine before sending the checkout (with .gpu-deps and device-carry);
 # scripts/gpu-check.sh uses .gpu-deps/include. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+GUT=${MILLION_SHARED_DIR:-../shared}/models/gutenberg-23m
+if [ -f "$GUT/golden.json" ] && [ ! -f device-carry/gutenberg-23m/golden.json ]; then
+  mkdir -p device-carry/gutenberg-23m
+  cp "$GUT"/config.json "$GUT"/golden.json "$GUT"/model.safetensors.index.json "$GUT"/*.safetensors device-carry/gutenberg-23m/
+  echo "gpu-deps: gutenberg-23m in device-carry/gutenberg-23m"
+fi
 if [ -f .gpu-deps/include/fmt/format.h ]; then
   echo "gpu-deps: .gpu-deps/include/fmt present"
   exit 0

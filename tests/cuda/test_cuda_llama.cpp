@@ -4,12 +4,17 @@
 // encodes K/V with pq_encode_ref (f32 centroids) and decodes with the fp16 centroids the
 // attention kernel reads. Logits compared at every step of a random token sequence; plus the
 // errors a user meets first: a full cache, a model that does not fit (refused before any
-// allocation, with the memory it would need).
+// allocation, with the memory it would need). And gutenberg-23m's real weights against its
+// golden.json (Hugging Face transformers, f32), when the model directory is present.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -307,6 +312,67 @@ TEST(GpuLlama, PQCacheMatchesReference) {
   run_case(tiny(128, 8, 2), GpuCache::kPQ, 64, false, 2, 13);
   run_case(tiny(64, 2, 2), GpuCache::kPQ, 16, true, 1, 14);
   run_case(tiny(128, 8, 2), GpuCache::kPQ, 64, false, 1, 18, /*graph=*/false);
+}
+
+// The gutenberg-23m directory: $MILLION_GUTENBERG_DIR, ../shared/models/gutenberg-23m (a
+// development checkout) or device-carry/gutenberg-23m (copied beside a checkout sent to a GPU
+// machine); empty when none has config.json.
+std::string gutenberg_dir() {
+  namespace fs = std::filesystem;
+  if (const char* e = std::getenv("MILLION_GUTENBERG_DIR")) return e;
+  for (const char* c : {"../shared/models/gutenberg-23m", "device-carry/gutenberg-23m"}) {
+    if (fs::exists(fs::path(c) / "config.json")) return c;
+  }
+  return "";
+}
+
+// Each golden prompt fed token by token through the fp16 cache; the last position's 8192
+// logits against Hugging Face's (f32 weights and activations; ours: bf16 weights — the file's
+// dtype — and bf16 GEMM inputs), then the 48 greedy tokens teacher-forced: our argmax must equal
+// Hugging Face's wherever its top-1 margin exceeds twice the bound on logit error.
+TEST(GpuLlama, GutenbergMatchesGolden) {
+  const std::string dir = gutenberg_dir();
+  if (dir.empty()) GTEST_SKIP() << "gutenberg-23m not found (set MILLION_GUTENBERG_DIR or place it in ../shared/models)";
+  constexpr double kLogitBound = 0.1;
+  nlohmann::json golden;
+  std::ifstream(dir + "/golden.json") >> golden;
+  LlamaShape shape;
+  const LlamaHostWeights w = load_llama_hf(dir, shape);
+  for (const auto& pr : golden["prompts"]) {
+    const std::vector<int> ids = pr["input_ids"].get<std::vector<int>>();
+    const std::vector<double> want = pr["last_logits"].get<std::vector<double>>();
+    const std::vector<int> greedy = pr["greedy_ids"].get<std::vector<int>>();
+    const std::vector<double> margins = pr["greedy_top1_margins"].get<std::vector<double>>();
+    GpuLlamaOptions o;
+    o.capacity = static_cast<std::int64_t>(ids.size() + greedy.size());
+    GpuLlama gpu(shape, o);
+    gpu.upload_weights(w);
+    std::vector<float> logits(static_cast<std::size_t>(shape.vocab));
+    auto step = [&](int token) {
+      const float* d = gpu.step({token});
+      check(cudaStreamSynchronize(gpu.stream()), "sync");
+      check(cudaMemcpy(logits.data(), d, logits.size() * 4, cudaMemcpyDeviceToHost), "logits");
+    };
+    for (int t : ids) step(t);
+    double err = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) err = std::max(err, std::fabs(logits[i] - want[i]));
+    const auto argmax = [&] { return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin()); };
+    EXPECT_LE(err, kLogitBound) << pr["name"];
+    int checked = 0, agree = 0;
+    for (std::size_t i = 0; i < greedy.size(); ++i) {
+      if (i > 0) step(greedy[i - 1]);  // teacher-forced: Hugging Face's continuation
+      const bool clear = margins[i] > 2 * kLogitBound;
+      const bool same = argmax() == greedy[i];
+      agree += same;
+      if (clear) {
+        ++checked;
+        EXPECT_TRUE(same) << pr["name"] << " greedy step " << i << " (margin " << margins[i] << ")";
+      }
+    }
+    std::printf("gutenberg-23m %s (%zu tokens): last-position logits max |diff| %.4f vs Hugging Face; greedy top-1 "
+                "%d/%zu equal (%d with margin > %.2f checked)\n",
+                pr["name"].get<std::string>().c_str(), ids.size(), err, agree, greedy.size(), checked, 2 * kLogitBound);
+  }
 }
 
 TEST(GpuLlama, RefusesWhatDoesNotFit) {

@@ -4,9 +4,9 @@
 // SwiGLU, residual adds), and a KV cache on the device — dense fp16 or PQ codes (plain PQ: no
 // rotation / normalisation on the GPU yet) read by the decode-attention kernels of
 // cuda_attention.h, the PQ codes written by pq_encode.
-// Weights come from host arrays (tests) or a seeded random fill on the device (benchmarks of a
-// model shape without its weights). A step runs as one CUDA graph (GpuLlamaOptions::cuda_graph).
-// Not here: prefill attention (a prompt is fed token by token), loading model files, the
+// Weights come from host arrays (tests, load_llama_hf for a Hugging Face directory) or a seeded
+// random fill on the device (benchmarks of a model shape without its weights). A step runs as one CUDA graph (GpuLlamaOptions::cuda_graph).
+// Not here: prefill attention (a prompt is fed token by token), GGUF / llama2.c files, the
 // normalised / rotated PQ variants, sampling, encoding on a side stream.
 #pragma once
 
@@ -57,6 +57,11 @@ struct LlamaHostWeights {
   std::vector<Layer> layers;
   std::vector<float> final_norm, lm_head;  // lm_head [vocab, hidden]
 };
+
+/// Loads a Hugging Face Llama directory (config.json + safetensors, f32 / f16 / bf16) and sets
+/// `shape` from its config (llama_gpu_load.cpp). Throws UnsupportedError for what the GPU path
+/// lacks (RoPE scaling, q/k/v biases, sliding windows, head_dim other than 64 / 128).
+LlamaHostWeights load_llama_hf(const std::string& dir, LlamaShape& shape);
 
 /// PQ codebooks per layer for the PQ cache: K and V, [n_kv_heads, M, 256, dsub] f32 each.
 struct LlamaHostCodebooks {
