@@ -419,6 +419,115 @@ TEST(CudaDecodeAttention, NormalisedPQEqualsDenseAttentionOverDecodedKV) {
   std::printf("normalised PQ worst relative error: CUDA cores %.3g, mma (tensor cores) %.3g\n", worst, worst_mma);
 }
 
+// PQ codes for the older tokens plus an exact fp16 window (ring buffer, any order) in one
+// softmax: against dense attention over the decoded codes followed by the window's tokens.
+// Cases: a partly filled window, no coded token yet (host path: window only), and the counts
+// read on the device (len = coded + window; the kernels derive both).
+TEST(CudaDecodeAttention, PQWithWindowEqualsDenseOverBoth) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> dist;
+  struct Case {
+    std::int64_t coded, window_valid;
+    int window_cap;
+    bool device;
+  };
+  const Case cases[] = {{1000, 77, 128, false}, {0, 5, 128, false}, {3000, 64, 64, true}, {513, 1, 16, false}};
+  const int B = 2, H = 8, Hkv = 2, D = 128, M = 64, ksub = 256, dsub = 2;
+  double worst = 0;
+  for (const Case& c : cases) {
+    const std::int64_t cap = c.coded + 3;
+    const std::size_t cb_elems = static_cast<std::size_t>(M) * ksub * dsub;
+    std::vector<std::uint16_t> cbk(cb_elems * Hkv), cbv(cbk.size());
+    for (auto& x : cbk) x = f32_to_f16(dist(rng));
+    for (auto& x : cbv) x = f32_to_f16(dist(rng));
+    const std::size_t code_n = static_cast<std::size_t>(B) * Hkv * std::max<std::int64_t>(cap, 1) * M;
+    std::vector<std::uint8_t> ck(code_n), cv(code_n), ik(code_n), iv(code_n);
+    for (auto& x : ck) x = static_cast<std::uint8_t>(rng());
+    for (auto& x : cv) x = static_cast<std::uint8_t>(rng());
+    interleave_pq_codes(ck.data(), ik.data(), code_n / M, M, false);
+    interleave_pq_codes(cv.data(), iv.data(), code_n / M, M, true);
+    const std::size_t win_n = static_cast<std::size_t>(B) * Hkv * c.window_cap * D;
+    std::vector<std::uint16_t> wk(win_n), wv(win_n);
+    for (auto& x : wk) x = f32_to_f16(dist(rng));
+    for (auto& x : wv) x = f32_to_f16(dist(rng));
+    std::vector<float> q(static_cast<std::size_t>(B) * H * D);
+    for (auto& x : q) x = dist(rng);
+    // Reference K/V per sequence: [Hkv, coded + window_valid, D].
+    const std::int64_t n = c.coded + c.window_valid;
+    DecodeShape all{1, H, Hkv, D, n, n};
+    DeviceBuffer<std::uint8_t> dk(code_n), dv(code_n);
+    DeviceBuffer<std::uint16_t> dbk(cbk.size()), dbv(cbv.size()), dwk(win_n), dwv(win_n);
+    DeviceBuffer<float> dq(q.size());
+    DeviceBuffer<std::int64_t> dlen(1);
+    dk.upload(ik);
+    dv.upload(iv);
+    dbk.upload(cbk);
+    dbv.upload(cbv);
+    dwk.upload(wk);
+    dwv.upload(wv);
+    dq.upload(q);
+    dlen.upload({n});
+    PQDecodeArgs a;
+    a.shape = {B, H, Hkv, D, c.device ? cap : c.coded, cap};
+    a.M = M;
+    a.ksub = ksub;
+    a.codes_k = dk.get();
+    a.codes_v = dv.get();
+    a.cb_k = dbk.get();
+    a.cb_v = dbv.get();
+    a.cb_k_head_stride = a.cb_v_head_stride = static_cast<std::int64_t>(cb_elems);
+    a.q = dq.get();
+    a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    a.kernel = PQKernel::kMma;
+    DenseDecodeArgs w{{B, H, Hkv, D, c.device ? c.window_cap : c.window_valid, c.window_cap}, dwk.get(), dwv.get(),
+                      dq.get(), nullptr, a.scale};
+    if (c.device) {
+      a.n_tokens_device = dlen.get();
+      a.n_tokens_device_minus = c.window_cap;
+      w.n_tokens_device = dlen.get();
+    }
+    const int splits = c.coded > 0 ? choose_splits_mma(a.shape, sm_count(), 1) : 1;
+    DeviceBuffer<float> ws(decode_workspace_floats(a.shape, splits + 1));
+    GuardedOut out(q.size());
+    a.out = out.out();
+    pq_window_decode_attention(a, w, ws.get(), splits, nullptr);
+    check(cudaDeviceSynchronize(), "sync");
+    bool guards = false;
+    const auto got = out.result(guards);
+    EXPECT_TRUE(guards);
+    for (int b = 0; b < B; ++b) {
+      std::vector<float> kd(static_cast<std::size_t>(Hkv) * n * D), vd(kd.size());
+      for (int h = 0; h < Hkv; ++h) {
+        const std::size_t seq = static_cast<std::size_t>(b) * Hkv + h;
+        for (std::int64_t t = 0; t < n; ++t) {
+          for (int d = 0; d < D; ++d) {
+            float kx, vx;
+            if (t < c.coded) {
+              const std::size_t row = seq * static_cast<std::size_t>(cap) + static_cast<std::size_t>(t);
+              const int m = d / dsub, e = d % dsub;
+              kx = f16_to_f32(cbk[h * cb_elems + (static_cast<std::size_t>(m) * ksub + ck[row * M + m]) * dsub + e]);
+              vx = f16_to_f32(cbv[h * cb_elems + (static_cast<std::size_t>(m) * ksub + cv[row * M + m]) * dsub + e]);
+            } else {
+              const std::size_t slot = seq * c.window_cap + static_cast<std::size_t>(t - c.coded);
+              kx = f16_to_f32(wk[slot * D + d]);
+              vx = f16_to_f32(wv[slot * D + d]);
+            }
+            kd[(static_cast<std::size_t>(h) * n + t) * D + d] = kx;
+            vd[(static_cast<std::size_t>(h) * n + t) * D + d] = vx;
+          }
+        }
+      }
+      const auto want = reference(all, kd.data(), vd.data(), KVDType::kF32, q.data() + static_cast<std::size_t>(b) * H * D);
+      const auto first = got.begin() + static_cast<std::ptrdiff_t>(b) * H * D;
+      worst = std::max(worst, expect_close(std::vector<float>(first, first + H * D), want,
+                                           "pq+window coded=" + std::to_string(c.coded) + " window=" +
+                                               std::to_string(c.window_valid) + (c.device ? " device" : ""),
+                                           kTensorCoreBound));
+    }
+  }
+  std::printf("PQ + window worst relative error: %.3g\n", worst);
+}
+
 // The device encoder against pq_encode_ref: every code equal, or (f32 vs double distances) a
 // centroid as near as the reference's within rounding; rows outside [pos0, pos0 + n) and
 // other sequences' rows untouched; each code order lands where interleave_pq_codes puts it.

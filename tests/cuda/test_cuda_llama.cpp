@@ -37,8 +37,10 @@ struct Reference {
   LlamaHostWeights w;  // already bf16-rounded
   bool pq = false;
   int M = 0;
+  int window = 0;  // PQ: the newest `window` tokens read exact (fp16), older ones from codes
   LlamaHostCodebooks cb;
-  std::vector<std::vector<float>> kc, vc;  // per layer [Hkv][t][hd] as attention reads them
+  std::vector<std::vector<float>> kc, vc;  // per layer [Hkv][t][hd] as attention reads them from the cache
+  std::vector<std::vector<float>> kx, vx;  // the same, exact (fp16) — the PQ window's version
 
   // y[out] = W[out, in] x[in]
   static std::vector<double> matvec(const std::vector<float>& W, const std::vector<float>& x, int out, int in) {
@@ -83,6 +85,8 @@ struct Reference {
     if (kc.empty()) {
       kc.assign(static_cast<std::size_t>(s.n_layers), {});
       vc.assign(static_cast<std::size_t>(s.n_layers), {});
+      kx.assign(static_cast<std::size_t>(s.n_layers), {});
+      vx.assign(static_cast<std::size_t>(s.n_layers), {});
     }
     std::vector<double> x(static_cast<std::size_t>(s.hidden));
     for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] = w.tok_embd[static_cast<std::size_t>(token) * s.hidden + i];
@@ -105,41 +109,50 @@ struct Reference {
       };
       rope(q, H);
       rope(k, Hkv);
-      auto& K = kc[static_cast<std::size_t>(l)];
-      auto& V = vc[static_cast<std::size_t>(l)];
-      K.resize(static_cast<std::size_t>(Hkv) * (pos + 1) * hd);
-      V.resize(K.size());
-      // Re-lay out [Hkv][t][hd]: grow by rebuilding (tests are small).
-      std::vector<float> K2(static_cast<std::size_t>(Hkv) * (pos + 1) * hd), V2(K2.size());
-      for (int h = 0; h < Hkv; ++h) {
-        for (int t = 0; t < pos; ++t) {
+      // Appends this token's K / V (as `coded` says: PQ round trip or fp16) to K, V [Hkv][t][hd].
+      auto append = [&](std::vector<float>& K, std::vector<float>& V, bool coded) {
+        std::vector<float> K2(static_cast<std::size_t>(Hkv) * (pos + 1) * hd), V2(K2.size());
+        for (int h = 0; h < Hkv; ++h) {
+          for (int t = 0; t < pos; ++t) {
+            for (int i = 0; i < hd; ++i) {
+              K2[(static_cast<std::size_t>(h) * (pos + 1) + t) * hd + i] = K[(static_cast<std::size_t>(h) * pos + t) * hd + i];
+              V2[(static_cast<std::size_t>(h) * (pos + 1) + t) * hd + i] = V[(static_cast<std::size_t>(h) * pos + t) * hd + i];
+            }
+          }
+          std::vector<float> kn(static_cast<std::size_t>(hd)), vn(kn.size());
           for (int i = 0; i < hd; ++i) {
-            K2[(static_cast<std::size_t>(h) * (pos + 1) + t) * hd + i] = K[(static_cast<std::size_t>(h) * pos + t) * hd + i];
-            V2[(static_cast<std::size_t>(h) * (pos + 1) + t) * hd + i] = V[(static_cast<std::size_t>(h) * pos + t) * hd + i];
+            kn[static_cast<std::size_t>(i)] = static_cast<float>(k[static_cast<std::size_t>(h * hd + i)]);
+            vn[static_cast<std::size_t>(i)] = static_cast<float>(v[static_cast<std::size_t>(h * hd + i)]);
+          }
+          if (coded) {
+            const std::size_t per = static_cast<std::size_t>(M) * 256 * (hd / M);
+            const auto& ck = cb.k[static_cast<std::size_t>(l)];
+            const auto& cv = cb.v[static_cast<std::size_t>(l)];
+            kn = pq_roundtrip(std::vector<float>(ck.begin() + static_cast<std::ptrdiff_t>(h * per), ck.begin() + static_cast<std::ptrdiff_t>((h + 1) * per)), kn.data());
+            vn = pq_roundtrip(std::vector<float>(cv.begin() + static_cast<std::ptrdiff_t>(h * per), cv.begin() + static_cast<std::ptrdiff_t>((h + 1) * per)), vn.data());
+          } else {
+            for (auto& e : kn) e = hf(e);
+            for (auto& e : vn) e = hf(e);
+          }
+          for (int i = 0; i < hd; ++i) {
+            K2[(static_cast<std::size_t>(h) * (pos + 1) + pos) * hd + i] = kn[static_cast<std::size_t>(i)];
+            V2[(static_cast<std::size_t>(h) * (pos + 1) + pos) * hd + i] = vn[static_cast<std::size_t>(i)];
           }
         }
-        std::vector<float> kn(static_cast<std::size_t>(hd)), vn(kn.size());
-        for (int i = 0; i < hd; ++i) {
-          kn[static_cast<std::size_t>(i)] = static_cast<float>(k[static_cast<std::size_t>(h * hd + i)]);
-          vn[static_cast<std::size_t>(i)] = static_cast<float>(v[static_cast<std::size_t>(h * hd + i)]);
-        }
-        if (pq) {
-          const std::size_t per = static_cast<std::size_t>(M) * 256 * (hd / M);
-          const auto& ck = cb.k[static_cast<std::size_t>(l)];
-          const auto& cv = cb.v[static_cast<std::size_t>(l)];
-          kn = pq_roundtrip(std::vector<float>(ck.begin() + static_cast<std::ptrdiff_t>(h * per), ck.begin() + static_cast<std::ptrdiff_t>((h + 1) * per)), kn.data());
-          vn = pq_roundtrip(std::vector<float>(cv.begin() + static_cast<std::ptrdiff_t>(h * per), cv.begin() + static_cast<std::ptrdiff_t>((h + 1) * per)), vn.data());
-        } else {
-          for (auto& e : kn) e = hf(e);
-          for (auto& e : vn) e = hf(e);
-        }
-        for (int i = 0; i < hd; ++i) {
-          K2[(static_cast<std::size_t>(h) * (pos + 1) + pos) * hd + i] = kn[static_cast<std::size_t>(i)];
-          V2[(static_cast<std::size_t>(h) * (pos + 1) + pos) * hd + i] = vn[static_cast<std::size_t>(i)];
-        }
-      }
-      K = std::move(K2);
-      V = std::move(V2);
+        K = std::move(K2);
+        V = std::move(V2);
+      };
+      append(kc[static_cast<std::size_t>(l)], vc[static_cast<std::size_t>(l)], pq);
+      append(kx[static_cast<std::size_t>(l)], vx[static_cast<std::size_t>(l)], false);
+      const std::int64_t first_exact = pq && window > 0 ? std::max(0, pos + 1 - window) : (pq ? pos + 1 : 0);
+      auto Kat = [&](int h, int t, int i) {
+        const auto& K = t >= first_exact ? kx[static_cast<std::size_t>(l)] : kc[static_cast<std::size_t>(l)];
+        return static_cast<double>(K[(static_cast<std::size_t>(h) * (pos + 1) + t) * hd + i]);
+      };
+      auto Vat = [&](int h, int t, int i) {
+        const auto& V = t >= first_exact ? vx[static_cast<std::size_t>(l)] : vc[static_cast<std::size_t>(l)];
+        return static_cast<double>(V[(static_cast<std::size_t>(h) * (pos + 1) + t) * hd + i]);
+      };
       std::vector<float> att(static_cast<std::size_t>(qd));
       for (int h = 0; h < H; ++h) {
         const int kh = h / G;
@@ -148,7 +161,7 @@ struct Reference {
         for (int t = 0; t <= pos; ++t) {
           double d = 0;
           for (int i = 0; i < hd; ++i) {
-            d += static_cast<float>(q[static_cast<std::size_t>(h * hd + i)]) * static_cast<double>(K[(static_cast<std::size_t>(kh) * (pos + 1) + t) * hd + i]);
+            d += static_cast<float>(q[static_cast<std::size_t>(h * hd + i)]) * Kat(kh, t, i);
           }
           sc[static_cast<std::size_t>(t)] = d / std::sqrt(static_cast<double>(hd));
           mx = std::max(mx, sc[static_cast<std::size_t>(t)]);
@@ -157,7 +170,7 @@ struct Reference {
         for (auto& e : sc) den += (e = std::exp(e - mx));
         for (int i = 0; i < hd; ++i) {
           double o = 0;
-          for (int t = 0; t <= pos; ++t) o += sc[static_cast<std::size_t>(t)] * V[(static_cast<std::size_t>(kh) * (pos + 1) + t) * hd + i];
+          for (int t = 0; t <= pos; ++t) o += sc[static_cast<std::size_t>(t)] * Vat(kh, t, i);
           att[static_cast<std::size_t>(h * hd + i)] = bf(static_cast<float>(o / den));
         }
       }
@@ -232,7 +245,7 @@ LlamaHostWeights random_weights(const LlamaShape& s, std::mt19937& rng, float qk
 // amplified it to 7% of the logit scale once (seen on an H100), so the PQ cases use half that
 // scale. docs/cuda.md has the precision note.
 void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int batch, std::uint32_t seed,
-              bool graph = true) {
+              bool graph = true, int window = 0) {
   std::mt19937 rng(seed);
   LlamaShape sh = s;
   sh.rope_interleaved = interleaved;
@@ -244,11 +257,13 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
   o.cache = cache;
   o.pq_M = M;
   o.cuda_graph = graph;
+  o.pq_window = window;
   GpuLlama gpu(sh, o);
   gpu.upload_weights(ref.w);
   if (cache == GpuCache::kPQ) {
     ref.pq = true;
     ref.M = M;
+    ref.window = window;
     std::uniform_real_distribution<float> u(-2.0f, 2.0f);
     for (int l = 0; l < sh.n_layers; ++l) {
       std::vector<float> k(static_cast<std::size_t>(sh.n_kv_heads) * sh.head_dim * 256), v(k.size());
@@ -288,8 +303,8 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
                                    << " step " << p << " sequence " << which;
     }
   }
-  std::printf("GpuLlama %s head_dim %d GQA %d batch %d rope %s %s: worst logit error %.3g of the logit scale\n",
-              cache == GpuCache::kPQ ? "pq" : "f16", sh.head_dim, sh.n_heads / sh.n_kv_heads, batch,
+  std::printf("GpuLlama %s window %d head_dim %d GQA %d batch %d rope %s %s: worst logit error %.3g of the logit scale\n",
+              cache == GpuCache::kPQ ? "pq" : "f16", window, sh.head_dim, sh.n_heads / sh.n_kv_heads, batch,
               interleaved ? "interleaved" : "half", graph ? "graph" : "eager", worst);
   EXPECT_THROW(gpu.step(toks[0]), InvalidArgumentError);  // the cache is full
   gpu.reset();  // an empty cache again: the first step's logits come back exactly
@@ -312,6 +327,15 @@ TEST(GpuLlama, PQCacheMatchesReference) {
   run_case(tiny(128, 8, 2), GpuCache::kPQ, 64, false, 2, 13);
   run_case(tiny(64, 2, 2), GpuCache::kPQ, 16, true, 1, 14);
   run_case(tiny(128, 8, 2), GpuCache::kPQ, 64, false, 1, 18, /*graph=*/false);
+}
+
+// The exact window + codes (pq_window) with the encoder on a side stream, graph and eager:
+// windows of 1 (every older token from codes the step after it arrives), 5 and the whole run.
+TEST(GpuLlama, PQWindowMatchesReference) {
+  run_case(tiny(128, 8, 2), GpuCache::kPQ, 64, false, 2, 21, /*graph=*/true, /*window=*/5);
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, true, 1, 22, /*graph=*/false, /*window=*/1);
+  run_case(tiny(64, 2, 1), GpuCache::kPQ, 16, false, 1, 23, /*graph=*/true, /*window=*/1);
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 24, /*graph=*/true, /*window=*/23);
 }
 
 // The gutenberg-23m directory: $MILLION_GUTENBERG_DIR, ../shared/models/gutenberg-23m (a

@@ -35,8 +35,9 @@ struct DenseDecodeArgs {
   float* out = nullptr;
   float scale = 0.0f;
   /// If set, the kernel reads the token count from this device address when it runs (a decode
-  /// step captured once in a CUDA graph); shape.n_tokens then only bounds the host's checks and
-  /// the split choice (pass the capacity), and splits past the tokens produce empty partials.
+  /// step captured once in a CUDA graph), clamped to shape.capacity; shape.n_tokens then only
+  /// bounds the host's checks and the split choice (pass the capacity), and splits past the
+  /// tokens produce empty partials.
   const std::int64_t* n_tokens_device = nullptr;
 };
 
@@ -68,7 +69,10 @@ struct PQDecodeArgs {
   float scale = 0.0f;
   PQKernel kernel = PQKernel::kCudaCores;
   /// As DenseDecodeArgs::n_tokens_device; the kMma kernel only (InvalidArgumentError otherwise).
+  /// The kernel reads max(0, *n_tokens_device - n_tokens_device_minus) (codes of all but the
+  /// newest tokens, which sit in an exact window: pq_window_decode_attention).
   const std::int64_t* n_tokens_device = nullptr;
+  std::int64_t n_tokens_device_minus = 0;
 
   /// Normalised codebooks (src/pq/normalize.h; the kMma kernel takes all but value
   /// channel-groups). Null = none; per kind at most one of the two, all fp16, in the
@@ -107,6 +111,13 @@ std::size_t decode_workspace_floats(const DecodeShape& s, int splits);
 /// Throw million::InvalidArgumentError for unsupported shapes; launch on `stream`.
 void dense_decode_attention(const DenseDecodeArgs& a, float* workspace, int splits, cudaStream_t stream);
 void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cudaStream_t stream);
+/// One softmax over PQ codes (the older tokens; kMma kernel, `splits` splits) and an exact fp16
+/// window of the newest tokens (`window`: its K/V buffer holds window.shape.capacity tokens in
+/// any order — attention does not depend on it — of which window.shape.n_tokens, or the device
+/// count clamped to the capacity, are valid). The window's partial is merged with the codes' by
+/// log-sum-exp; output in pq.out. Workspace: decode_workspace_floats(shape, splits + 1).
+void pq_window_decode_attention(const PQDecodeArgs& pq, const DenseDecodeArgs& window, float* workspace, int splits,
+                                cudaStream_t stream);
 
 /// Code orders a PQ cache on the device can hold (see interleave_pq_codes).
 enum class PQCodeOrder { kTokenMajor, kMmaKeys, kMmaValues };

@@ -93,10 +93,11 @@ __device__ inline void tile_softmax(const float (&s)[G], float (&m_run)[G], floa
 }
 
 // Reduces acc[G][W] (W values at dims c0 .. c0 + W of this thread) over the `groups` token
-// groups through sAcc [groups][G][D], and writes the partial of this (sequence, kv head, split).
+// groups through sAcc [groups][G][D], and writes the partial of this (sequence, kv head, split)
+// at split index split0 + blockIdx.x of `splits` per head.
 template <int D, int G, int W, int THREADS>
 __device__ inline void write_partial(const float (&acc)[G][W], const float (&l_run)[G], const float (&m_run)[G], int grp,
-                                     int groups, int c0, float* sAcc, float* ws, int splits, int n_heads) {
+                                     int groups, int c0, float* sAcc, float* ws, int splits, int n_heads, int split0 = 0) {
   __syncthreads();
 #pragma unroll
   for (int j = 0; j < G; ++j) {
@@ -117,7 +118,7 @@ __device__ inline void write_partial(const float (&acc)[G][W], const float (&l_r
       v = l_run[j];
     }
     const std::int64_t head = static_cast<std::int64_t>(b) * n_heads + static_cast<std::int64_t>(h) * G + j;
-    ws[(head * splits + blockIdx.x) * (D + 2) + c] = v;
+    ws[(head * splits + split0 + blockIdx.x) * (D + 2) + c] = v;
   }
 }
 
@@ -443,7 +444,9 @@ struct DenseParams {
   std::int64_t n_tokens, capacity;
   int n_heads, n_kv_heads, splits;
   float scale;
-  const std::int64_t* n_tokens_dev;  // read on the device when set (CUDA graphs)
+  const std::int64_t* n_tokens_dev;  // read on the device when set (CUDA graphs), clamped to capacity
+  int ws_splits;                     // partials per head in the workspace (splits, or more when merged)
+  int split0;                        // this launch's first partial
 };
 
 template <int D, int G>
@@ -460,7 +463,7 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_kernel(DenseParams p
   const std::int64_t seq = static_cast<std::int64_t>(b) * p.n_kv_heads + h;
   const float* q = p.q + (static_cast<std::int64_t>(b) * p.n_heads + static_cast<std::int64_t>(h) * G) * D;
   for (int i = t; i < G * D; i += kThreads) sQ[(i % D) * G + i / D] = q[i];
-  const std::int64_t n_tokens = p.n_tokens_dev ? *p.n_tokens_dev : p.n_tokens;
+  const std::int64_t n_tokens = p.n_tokens_dev ? min(*p.n_tokens_dev, p.capacity) : p.n_tokens;
   std::int64_t tile_lo, tile_hi;
   split_tiles(n_tokens, kTile, p.splits, tile_lo, tile_hi);
   const __half* K = p.k + seq * p.capacity * D;
@@ -527,7 +530,8 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_kernel(DenseParams p
       }
     }
   }
-  write_partial<D, G, 8, kThreads>(acc, l_run, m_run, grp, kGroups, chunk * 8, sAcc, p.ws, p.splits, p.n_heads);
+  write_partial<D, G, 8, kThreads>(acc, l_run, m_run, grp, kGroups, chunk * 8, sAcc, p.ws, p.ws_splits, p.n_heads,
+                                   p.split0);
 }
 
 // out[b, h, :] = sum_s e^{m_s - M} acc_s / sum_s e^{m_s - M} l_s; one block per (head, sequence).
@@ -646,7 +650,7 @@ std::size_t decode_workspace_floats(const DecodeShape& s, int splits) {
 void dense_decode_attention(const DenseDecodeArgs& a, float* workspace, int splits, cudaStream_t stream) {
   validate(a.shape, splits, kTile);
   DenseParams p{static_cast<const __half*>(a.k), static_cast<const __half*>(a.v), a.q, workspace, a.shape.n_tokens,
-                a.shape.capacity, a.shape.n_heads, a.shape.n_kv_heads, splits, a.scale, a.n_tokens_device};
+                a.shape.capacity, a.shape.n_heads, a.shape.n_kv_heads, splits, a.scale, a.n_tokens_device, splits, 0};
   if (a.shape.head_dim == 128) {
     run_dense_g<128>(p, a.shape, stream);
   } else {
@@ -655,7 +659,11 @@ void dense_decode_attention(const DenseDecodeArgs& a, float* workspace, int spli
   merge(a.shape, workspace, splits, a.out, stream);
 }
 
-void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cudaStream_t stream) {
+namespace {
+
+// Validates `a`, launches the PQ kernel writing its partials at 0 .. splits - 1 of ws_splits per
+// head; the caller merges.
+void launch_pq_attention_partials(const PQDecodeArgs& a, float* workspace, int splits, int ws_splits, cudaStream_t stream) {
   validate(a.shape, splits, kPQThreads);
   if (a.M < 1 || a.shape.head_dim % a.M != 0) throw InvalidArgumentError("CUDA PQ attention: M must divide head_dim");
   const int dsub = a.shape.head_dim / a.M;
@@ -671,6 +679,11 @@ void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cu
   if (a.n_tokens_device) {
     if (a.kernel != PQKernel::kMma) throw InvalidArgumentError("CUDA PQ attention: n_tokens_device needs the mma kernel");
     p.n_tokens_dev = a.n_tokens_device;
+    p.n_dev_minus = a.n_tokens_device_minus;
+  }
+  p.ws_splits = ws_splits;
+  if (ws_splits != splits && a.kernel != PQKernel::kMma) {
+    throw InvalidArgumentError("CUDA PQ attention: merged partials need the mma kernel");
   }
   if (norm) {
     if (a.kernel == PQKernel::kMma && a.v_group_params) {
@@ -700,14 +713,47 @@ void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cu
       throw InvalidArgumentError("CUDA PQ attention: the mma kernel needs 16-byte aligned code buffers");
     }
     launch_pq_mma(p, D, dsub, a.shape.batch, a.shape.n_kv_heads, stream);
-    merge(a.shape, workspace, splits, a.out, stream);
     return;
   }
   if (D == 128 && dsub == 2) run_pq_g<128, 2>(p, a.shape, norm, stream);
   if (D == 128 && dsub == 4) run_pq_g<128, 4>(p, a.shape, norm, stream);
   if (D == 64 && dsub == 2) run_pq_g<64, 2>(p, a.shape, norm, stream);
   if (D == 64 && dsub == 4) run_pq_g<64, 4>(p, a.shape, norm, stream);
+}
+
+}  // namespace
+
+void pq_decode_attention(const PQDecodeArgs& a, float* workspace, int splits, cudaStream_t stream) {
+  launch_pq_attention_partials(a, workspace, splits, splits, stream);
   merge(a.shape, workspace, splits, a.out, stream);
+}
+
+void pq_window_decode_attention(const PQDecodeArgs& pq, const DenseDecodeArgs& window, float* workspace, int splits,
+                                cudaStream_t stream) {
+  if (pq.kernel != PQKernel::kMma) throw InvalidArgumentError("CUDA PQ + window attention: the mma kernel only");
+  const DecodeShape& s = pq.shape;
+  const DecodeShape& w = window.shape;
+  if (w.batch != s.batch || w.n_heads != s.n_heads || w.n_kv_heads != s.n_kv_heads || w.head_dim != s.head_dim) {
+    throw InvalidArgumentError("CUDA PQ + window attention: the window's shape differs from the codes'");
+  }
+  if (w.capacity < 1) throw InvalidArgumentError("CUDA PQ + window attention: empty window buffer");
+  if (!window.n_tokens_device) validate(w, 1, kTile);
+  // Codes: partials 0 .. splits - 1 (none when the host says no token is coded yet).
+  const bool coded = pq.n_tokens_device != nullptr || s.n_tokens > 0;
+  const int S = coded ? splits : 0;
+  if (coded) {
+    PQDecodeArgs a = pq;
+    a.out = nullptr;  // merged below
+    launch_pq_attention_partials(a, workspace, splits, S + 1, stream);
+  }
+  DenseParams p{static_cast<const __half*>(window.k), static_cast<const __half*>(window.v), window.q, workspace,
+                w.n_tokens, w.capacity, w.n_heads, w.n_kv_heads, 1, window.scale, window.n_tokens_device, S + 1, S};
+  if (w.head_dim == 128) {
+    run_dense_g<128>(p, w, stream);
+  } else {
+    run_dense_g<64>(p, w, stream);
+  }
+  merge(s, workspace, S + 1, pq.out, stream);
 }
 
 }  // namespace million::cuda

@@ -49,7 +49,9 @@ struct PQParams {
   std::int64_t n_groups = 0;  // ceil(capacity / norm_group)
   int norm_group = 0;
   int norm_slots = 0;  // most channel-groups one tile touches (the scaled queries' shared-memory slots)
-  const std::int64_t* n_tokens_dev = nullptr;  // mma kernel: n_tokens read on the device (graphs)
+  const std::int64_t* n_tokens_dev = nullptr;  // mma kernel: n_tokens read on the device (graphs) ...
+  std::int64_t n_dev_minus = 0;                // ... as max(0, *n_tokens_dev - n_dev_minus)
+  int ws_splits = 0;                           // mma kernel: partials per head in the workspace (0: splits)
 };
 
 template <int DSUB>

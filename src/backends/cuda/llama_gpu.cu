@@ -96,6 +96,16 @@ __global__ void append_f16_kernel(const float* k, const float* v, __half* kc, __
 
 __global__ void advance_kernel(std::int64_t* len) { *len += 1; }
 
+// k, v [B * Hkv, hd] f32 -> the fp16 ring buffers [B * Hkv, window, hd] at slot (len - 1) % window.
+__global__ void append_ring_kernel(const float* k, const float* v, __half* rk, __half* rv, int window,
+                                   const std::int64_t* len, int hd) {
+  const std::int64_t sh = blockIdx.x, slot = (*len - 1) % window;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    rk[(sh * window + slot) * hd + i] = __float2half(k[sh * hd + i]);
+    rv[(sh * window + slot) * hd + i] = __float2half(v[sh * hd + i]);
+  }
+}
+
 __global__ void to_bf16_kernel(const float* x, bf16* y, std::int64_t n) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) {
     y[i] = __float2bfloat16(x[i]);
@@ -185,6 +195,9 @@ struct GpuLlama::Impl {
     void *kc, *vc;                  // fp16 K / V, or PQ key / value codes
     __half *cbk16, *cbv16;          // PQ codebooks for attention
     float *cbk32, *cbv32;           // and for the encoder
+    __half *ring_k, *ring_v;        // PQ window: [B * n_kv, window, head_dim] fp16
+    float *stage_k, *stage_v;       // PQ window: this step's K / V [B * n_kv, head_dim] f32 (side-stream encoder input)
+    cudaEvent_t staged = nullptr;   // PQ window: K / V staged, the side stream may encode
   };
   std::vector<Layer> layers;
   void* cache = nullptr;  // one allocation: every layer's cache (+ PQ codebooks)
@@ -198,6 +211,8 @@ struct GpuLlama::Impl {
   void* blas_ws = nullptr;
   int dense_splits = 0, pq_splits = 0;  // chosen for the capacity (the kernels skip empty splits)
   cudaGraphExec_t graph = nullptr;
+  cudaStream_t side = nullptr;      // PQ window: the encoder's stream
+  cudaEvent_t joined = nullptr;     // PQ window: the side stream's work of this step is done
 };
 
 namespace {
@@ -234,7 +249,8 @@ std::int64_t GpuLlama::weight_bytes(const LlamaShape& s) {
 std::int64_t GpuLlama::cache_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
   const std::int64_t rows = static_cast<std::int64_t>(o.batch) * s.n_kv_heads * o.capacity;
   if (o.cache == GpuCache::kF16) return s.n_layers * 2 * rows * s.head_dim * 2;
-  return s.n_layers * (2 * rows * o.pq_M + 2 * codebook_elems(s) * (2 + 4));
+  const std::int64_t window = o.pq_window > 0 ? 2ll * o.batch * s.n_kv_heads * (o.pq_window * 2ll + 4) * s.head_dim : 0;
+  return s.n_layers * (2 * rows * o.pq_M + 2 * codebook_elems(s) * (2 + 4) + window);
 }
 
 GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : shape_(shape), opt_(options) {
@@ -247,6 +263,9 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
   if (opt_.cache == GpuCache::kPQ) {
     const int dsub = opt_.pq_M > 0 && s.head_dim % opt_.pq_M == 0 ? s.head_dim / opt_.pq_M : 0;
     if (dsub != 2 && dsub != 4) throw InvalidArgumentError("GpuLlama: PQ cache needs M = head_dim / 2 or head_dim / 4");
+    if (opt_.pq_window < 0 || opt_.pq_window > opt_.capacity) {
+      throw InvalidArgumentError("GpuLlama: pq_window must be in [0, capacity]");
+    }
   }
   impl_ = std::make_unique<Impl>();
   Impl& m = *impl_;
@@ -269,6 +288,10 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
     throw ResourceError(msg);
   }
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  if (opt_.cache == GpuCache::kPQ && opt_.pq_window > 0) {
+    check(cudaStreamCreateWithFlags(&impl_->side, cudaStreamNonBlocking), "cudaStreamCreate(side)");
+    check(cudaEventCreateWithFlags(&impl_->joined, cudaEventDisableTiming), "cudaEventCreate");
+  }
   check_blas(cublasCreate(&m.blas), "cublasCreate");
   check_blas(cublasSetStream(m.blas, stream_), "cublasSetStream");
   check(cudaMalloc(&m.blas_ws, kBlasWorkspace), "cudaMalloc(cuBLAS workspace)");
@@ -314,6 +337,16 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
       L.cbk16 = reinterpret_cast<__half*>(L.cbv32 + e);
       L.cbv16 = L.cbk16 + e;
       cp += e * (4 + 4 + 2 + 2);
+      if (opt_.pq_window > 0) {
+        const std::int64_t rw = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * opt_.pq_window * s.head_dim;
+        const std::int64_t st = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * s.head_dim;
+        L.ring_k = reinterpret_cast<__half*>(cp);
+        L.ring_v = L.ring_k + rw;
+        L.stage_k = reinterpret_cast<float*>(L.ring_v + rw);
+        L.stage_v = L.stage_k + st;
+        cp += 2 * rw * 2 + 2 * st * 4;
+        check(cudaEventCreateWithFlags(&L.staged, cudaEventDisableTiming), "cudaEventCreate");
+      }
     }
   }
   check(cudaMalloc(&m.work, static_cast<std::size_t>(need_work)), "cudaMalloc(work)");
@@ -359,6 +392,11 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
 GpuLlama::~GpuLlama() {
   if (impl_) {
     if (impl_->graph) cudaGraphExecDestroy(impl_->graph);
+    for (auto& L : impl_->layers) {
+      if (L.staged) cudaEventDestroy(L.staged);
+    }
+    if (impl_->joined) cudaEventDestroy(impl_->joined);
+    if (impl_->side) cudaStreamDestroy(impl_->side);
     if (impl_->blas) cublasDestroy(impl_->blas);
     cudaFree(impl_->blas_ws);
     cudaFreeHost(impl_->host_tokens);
@@ -483,6 +521,11 @@ void GpuLlama::fill_cache_random(std::int64_t n, std::uint64_t seed) {
         fill_random_kernel<std::uint8_t><<<grid_for(e), 256, 0, stream_>>>(static_cast<std::uint8_t*>(c), e, seed++, 0.0f);
       }
     }
+    if (opt_.cache == GpuCache::kPQ && opt_.pq_window > 0) {
+      const std::int64_t e = seqs * opt_.pq_window * shape_.head_dim;
+      fill_random_kernel<__half><<<grid_for(e), 256, 0, stream_>>>(L.ring_k, e, seed++, 1.0f);
+      fill_random_kernel<__half><<<grid_for(e), 256, 0, stream_>>>(L.ring_v, e, seed++, 1.0f);
+    }
   }
   check(cudaMemcpyAsync(impl_->len, &n, sizeof n, cudaMemcpyHostToDevice, stream_), "cache length");
   check(cudaGetLastError(), "fill cache");
@@ -568,6 +611,7 @@ void GpuLlama::enqueue_step() {
       a.n_tokens_device = m.len;
       dense_decode_attention(a, m.ws, m.dense_splits, stream_);
     } else {
+      const bool win = opt_.pq_window > 0;
       PQEncodeArgs e;
       e.n_seq_heads = B * s.n_kv_heads;
       e.n_kv_heads = s.n_kv_heads;
@@ -578,16 +622,30 @@ void GpuLlama::enqueue_step() {
       e.cb_head_stride = codebook_elems(s) / s.n_kv_heads;
       e.capacity = opt_.capacity;
       e.len_device = m.len;
-      e.x = m.k;
+      cudaStream_t enc = stream_;
+      const float *ek = m.k, *ev = m.v;
+      if (win) {  // the new token into the exact window now; its codes on the side stream
+        append_ring_kernel<<<B * s.n_kv_heads, s.head_dim, 0, stream_>>>(m.k, m.v, L.ring_k, L.ring_v, opt_.pq_window,
+                                                                         m.len, s.head_dim);
+        const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(B) * z.kv;
+        check(cudaMemcpyAsync(L.stage_k, m.k, bytes, cudaMemcpyDeviceToDevice, stream_), "stage K");
+        check(cudaMemcpyAsync(L.stage_v, m.v, bytes, cudaMemcpyDeviceToDevice, stream_), "stage V");
+        check(cudaEventRecord(L.staged, stream_), "cudaEventRecord");
+        check(cudaStreamWaitEvent(m.side, L.staged, 0), "cudaStreamWaitEvent");
+        enc = m.side;
+        ek = L.stage_k;
+        ev = L.stage_v;
+      }
+      e.x = ek;
       e.centroids = L.cbk32;
       e.codes = static_cast<std::uint8_t*>(L.kc);
       e.order = PQCodeOrder::kMmaKeys;
-      pq_encode(e, stream_);
-      e.x = m.v;
+      pq_encode(e, enc);
+      e.x = ev;
       e.centroids = L.cbv32;
       e.codes = static_cast<std::uint8_t*>(L.vc);
       e.order = PQCodeOrder::kMmaValues;
-      pq_encode(e, stream_);
+      pq_encode(e, enc);
       PQDecodeArgs a;
       a.shape = ds;
       a.M = opt_.pq_M;
@@ -602,7 +660,15 @@ void GpuLlama::enqueue_step() {
       a.scale = scale;
       a.kernel = PQKernel::kMma;
       a.n_tokens_device = m.len;
-      pq_decode_attention(a, m.ws, m.pq_splits, stream_);
+      if (win) {
+        a.n_tokens_device_minus = opt_.pq_window;  // codes: all but the window's tokens
+        DenseDecodeArgs w{{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.pq_window, opt_.pq_window}, L.ring_k, L.ring_v,
+                          m.q, m.att, scale};
+        w.n_tokens_device = m.len;  // clamped to the window
+        pq_window_decode_attention(a, w, m.ws, m.pq_splits, stream_);
+      } else {
+        pq_decode_attention(a, m.ws, m.pq_splits, stream_);
+      }
     }
     to_bf16_kernel<<<grid_for(B * z.q), 256, 0, stream_>>>(m.att, m.xb, B * z.q);
     gemm(L.wo, m.xb, m.tmp, s.hidden, z.q);
@@ -615,6 +681,10 @@ void GpuLlama::enqueue_step() {
   }
   rmsnorm_kernel<<<B, 256, 0, stream_>>>(m.x, m.final_norm, m.xb, s.hidden, s.norm_eps);
   gemm(m.lm_head, m.xb, m.logits, s.vocab, s.hidden);
+  if (m.side) {  // join the encoder's stream: this step's codes are written when the step ends
+    check(cudaEventRecord(m.joined, m.side), "cudaEventRecord");
+    check(cudaStreamWaitEvent(stream_, m.joined, 0), "cudaStreamWaitEvent");
+  }
   check(cudaGetLastError(), "decode step");
 }
 

@@ -42,6 +42,11 @@ struct GpuLlamaOptions {
   std::int64_t capacity = 0;  ///< tokens per sequence the cache holds
   GpuCache cache = GpuCache::kF16;
   int pq_M = 0;               ///< PQ: subspaces (head_dim / 2: 4 bits, head_dim / 4: 2 bits); ksub 256
+  /// PQ: the newest pq_window tokens stay exact (fp16 ring buffer) and attention reads only the
+  /// older ones from codes (pq_window_decode_attention); each token is encoded as it arrives on a
+  /// side stream, overlapping the rest of the step (it is read from codes only once it leaves
+  /// the window). 0: every token read from codes, encoded before the step's attention.
+  int pq_window = 0;
   /// Run each decode step as one CUDA graph (captured at the first step: the kernels read the
   /// position from device memory, so the same graph serves every step) instead of ~15 launches
   /// per layer from the host.

@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
   __syncthreads();
 
   // This warp's tiles: the block's split of the sequence cut into kWarps contiguous runs.
-  const std::int64_t n_tokens = p.n_tokens_dev ? *p.n_tokens_dev : p.n_tokens;
+  const std::int64_t n_tokens = p.n_tokens_dev ? max(*p.n_tokens_dev - p.n_dev_minus, std::int64_t{0}) : p.n_tokens;
   std::int64_t lo, hi;
   {
     const std::int64_t tiles = (n_tokens + kTok - 1) / kTok;
@@ -463,7 +463,7 @@ __global__ void __launch_bounds__(kThreads, 1) pq_mma_kernel(PQParams p) {
       }
     }
     const std::int64_t head = static_cast<std::int64_t>(b) * p.n_heads + static_cast<std::int64_t>(h) * G + j;
-    p.ws[(head * p.splits + blockIdx.x) * (D + 2) + col] = v;
+    p.ws[(head * (p.ws_splits > 0 ? p.ws_splits : p.splits) + blockIdx.x) * (D + 2) + col] = v;
   }
 }
 
