@@ -3,7 +3,8 @@
 //  - dense fp16: dense_attention_ref over the same fp16 K/V (double accumulation).
 //  - PQ: the codes decoded on the host with the same fp16 centroids, then dense_attention_ref:
 //    the invariant "PQ attention equals dense attention over the decoded K/V".
-// Sweep: head_dim 64/128, GQA 1/2/4/8, batch 1-3, contexts 1 .. 4099 (tile edges 255/256/257),
+// Sweep: head_dim 64/128 (dense also 8, 32, 96: the generic kernel), GQA 1/2/4/8, batch 1-3,
+// contexts 1 .. 4099 (tile edges 255/256/257),
 // splits 1 / automatic / one per tile (tiles: 256 tokens dense, 512 PQ), PQ dsub 2 and 4, ksub 16, 64, 256, per-head and shared
 // codebooks. Bound: relative max-abs error <= 2e-5 of the output scale (f32 sums in another
 // order, __expf) for the CUDA-core kernels, 4e-3 for the PQ tensor-core (mma) kernel (fp16 Q and
@@ -129,7 +130,12 @@ std::vector<Shape> shapes() {
 TEST(CudaDecodeAttention, DenseF16MatchesReference) {
   std::mt19937 rng(1);
   std::normal_distribution<float> dist;
-  for (const Shape& sh : shapes()) {
+  std::vector<Shape> all = shapes();
+  // The generic kernel for other head_dims (small models): stories260K's 8, and 32, 96.
+  all.push_back({1, 8, 4, 8, 257});
+  all.push_back({2, 4, 1, 32, 1000});
+  all.push_back({1, 16, 2, 96, 129});
+  for (const Shape& sh : all) {
     DecodeShape s{sh.batch, sh.n_heads, sh.n_kv_heads, sh.head_dim, sh.n_tokens, sh.n_tokens + 3};
     const std::size_t kv_n = static_cast<std::size_t>(s.batch) * s.n_kv_heads * s.capacity * s.head_dim;
     std::vector<std::uint16_t> k(kv_n), v(kv_n);
@@ -652,7 +658,10 @@ TEST(CudaDecodeAttention, RejectsUnsupportedShapes) {
   DecodeShape s{1, 12, 4, 128, 100, 100};  // GQA group of 3
   EXPECT_THROW(dense_decode_attention({s, nullptr, nullptr, nullptr, nullptr, 1.0f}, nullptr, 1, nullptr),
                InvalidArgumentError);
-  s = {1, 8, 8, 96, 100, 100};  // head_dim 96
+  s = {1, 8, 8, 130, 100, 100};  // head_dim over 128
+  EXPECT_THROW(dense_decode_attention({s, nullptr, nullptr, nullptr, nullptr, 1.0f}, nullptr, 1, nullptr),
+               InvalidArgumentError);
+  s = {1, 8, 8, 7, 100, 100};  // odd head_dim
   EXPECT_THROW(dense_decode_attention({s, nullptr, nullptr, nullptr, nullptr, 1.0f}, nullptr, 1, nullptr),
                InvalidArgumentError);
   s = {1, 8, 8, 128, 300, 300};

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -397,6 +398,73 @@ TEST(GpuLlama, GutenbergMatchesGolden) {
                 "%d/%zu equal (%d with margin > %.2f checked)\n",
                 pr["name"].get<std::string>().c_str(), ids.size(), err, agree, greedy.size(), checked, 2 * kLogitBound);
   }
+}
+
+// stories260K, the bundled model (head_dim 8: the generic dense kernel), f32 weights: greedy
+// generation from BOS for 256 steps must decode to the golden text of
+// models/stories260K/README.md exactly (read from the README at run time; the tokenizer's
+// pieces from tok512.bin).
+std::string readme_block(const std::string& readme, const std::string& heading, int n) {
+  std::ifstream in(readme);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string s = ss.str();
+  std::size_t p = s.find(heading);
+  if (p == std::string::npos) return "";
+  for (int i = 0; i <= n; ++i) {
+    p = s.find("```\n", p);
+    if (i < n) p = s.find("```", p + 4) + 3;
+  }
+  const std::size_t begin = p + 4, end = s.find("\n```", begin);
+  return s.substr(begin, end - begin);
+}
+
+TEST(GpuLlama, Stories260KGreedyTextMatchesGolden) {
+  const std::string dir = std::string(MILLION_SOURCE_DIR) + "/models/stories260K/";
+  const std::string golden = readme_block(dir + "README.md", "## Golden output", 0);
+  ASSERT_GT(golden.size(), 500u);
+  // tok512.bin: int32 max_token_length, then per token: f32 score, int32 length, bytes.
+  std::vector<std::string> pieces;
+  {
+    std::ifstream in(dir + "tok512.bin", std::ios::binary);
+    std::int32_t max_len = 0;
+    in.read(reinterpret_cast<char*>(&max_len), 4);
+    while (in) {
+      float score;
+      std::int32_t len = 0;
+      if (!in.read(reinterpret_cast<char*>(&score), 4) || !in.read(reinterpret_cast<char*>(&len), 4)) break;
+      ASSERT_TRUE(len >= 0 && len <= max_len);
+      std::string piece(static_cast<std::size_t>(len), '\0');
+      in.read(piece.data(), len);
+      pieces.push_back(piece);
+    }
+  }
+  LlamaShape shape;
+  const LlamaHostWeights w = load_llama2c(dir + "stories260K.bin", shape);
+  ASSERT_EQ(static_cast<int>(pieces.size()), shape.vocab);
+  GpuLlamaOptions o;
+  o.capacity = 257;
+  o.f32_weights = true;
+  GpuLlama gpu(shape, o);
+  gpu.upload_weights(w);
+  std::vector<float> logits(static_cast<std::size_t>(shape.vocab));
+  std::string text;
+  int token = 1, prev = 1;  // BOS
+  for (int step = 0; step < 256; ++step) {
+    const float* d = gpu.step({token});
+    check(cudaStreamSynchronize(gpu.stream()), "sync");
+    check(cudaMemcpy(logits.data(), d, logits.size() * 4, cudaMemcpyDeviceToHost), "logits");
+    token = static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    if (token == 1) break;  // BOS ends the text
+    std::string piece = pieces[static_cast<std::size_t>(token)];
+    if (prev == 1 && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
+    if (piece.size() == 6 && piece.rfind("<0x", 0) == 0 && piece[5] == '>') {
+      piece = std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+    }
+    text += piece;
+    prev = token;
+  }
+  EXPECT_EQ(text, golden);
 }
 
 TEST(GpuLlama, RefusesWhatDoesNotFit) {

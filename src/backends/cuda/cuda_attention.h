@@ -19,7 +19,7 @@ struct DecodeShape {
   int batch = 1;
   int n_heads = 0;
   int n_kv_heads = 0;
-  int head_dim = 0;  ///< 64 or 128
+  int head_dim = 0;  ///< 64 or 128 (dense: any even head_dim up to 128, one split, a simple kernel)
   std::int64_t n_tokens = 0;
   std::int64_t capacity = 0;
   int group() const { return n_heads / n_kv_heads; }

@@ -534,6 +534,61 @@ __global__ void __launch_bounds__(kThreads, 1) dense_decode_kernel(DenseParams p
                                    p.split0);
 }
 
+// Any even head_dim up to 128 (small models such as stories260K, head_dim 8): one block per
+// (sequence, kv head), one split, 128-token tiles (a thread per token for the scores, a thread
+// per dim for the values) with the same online softmax and partial format. Not tuned: the
+// kernels above are the fast paths.
+constexpr int kSmallThreads = 128;
+template <int G>
+__global__ void __launch_bounds__(kSmallThreads) dense_small_kernel(DenseParams p, int D) {
+  extern __shared__ __align__(16) unsigned char smem_small[];
+  float* sQ = reinterpret_cast<float*>(smem_small);  // [G][D]
+  float* sP = sQ + G * D;                            // [kSmallThreads][G]
+  float* sRed = sP + kSmallThreads * G;              // [2][kSmallThreads / 32][G]
+  const int t = threadIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const std::int64_t seq = static_cast<std::int64_t>(b) * p.n_kv_heads + h;
+  const float* q = p.q + (static_cast<std::int64_t>(b) * p.n_heads + static_cast<std::int64_t>(h) * G) * D;
+  for (int i = t; i < G * D; i += kSmallThreads) sQ[i] = q[i];
+  __syncthreads();
+  const std::int64_t n_tokens = p.n_tokens_dev ? min(*p.n_tokens_dev, p.capacity) : p.n_tokens;
+  const __half* K = p.k + seq * p.capacity * D;
+  const __half* V = p.v + seq * p.capacity * D;
+  float m_run[G], l_run[G], acc[G][1];
+#pragma unroll
+  for (int j = 0; j < G; ++j) m_run[j] = -INFINITY, l_run[j] = 0.0f, acc[j][0] = 0.0f;
+  for (std::int64_t base = 0; base < n_tokens; base += kSmallThreads) {
+    const int n_valid = static_cast<int>(n_tokens - base < kSmallThreads ? n_tokens - base : kSmallThreads);
+    __syncthreads();
+    float s[G];
+#pragma unroll
+    for (int j = 0; j < G; ++j) {
+      s[j] = -INFINITY;
+      if (t < n_valid) {
+        float d = 0.0f;
+        for (int c = 0; c < D; ++c) d = fmaf(sQ[j * D + c], __half2float(K[(base + t) * D + c]), d);
+        s[j] = d * p.scale;
+      }
+    }
+    float alpha[G];
+    tile_softmax<G, kSmallThreads>(s, m_run, l_run, alpha, sP, sRed);
+    if (t < D) {
+#pragma unroll
+      for (int j = 0; j < G; ++j) {
+        float a = acc[j][0] * alpha[j];
+        for (int tt = 0; tt < n_valid; ++tt) a = fmaf(sP[tt * G + j], __half2float(V[(base + tt) * D + t]), a);
+        acc[j][0] = a;
+      }
+    }
+  }
+  const std::int64_t head0 = static_cast<std::int64_t>(b) * p.n_heads + static_cast<std::int64_t>(h) * G;
+#pragma unroll
+  for (int j = 0; j < G; ++j) {
+    float* part = p.ws + ((head0 + j) * p.ws_splits + p.split0) * (D + 2);
+    if (t < D) part[t] = acc[j][0];
+    if (t == 0) part[D] = m_run[j], part[D + 1] = l_run[j];
+  }
+}
+
 // out[b, h, :] = sum_s e^{m_s - M} acc_s / sum_s e^{m_s - M} l_s; one block per (head, sequence).
 __global__ void merge_kernel(const float* ws, int splits, int D, int n_heads, float* out) {
   const std::int64_t head = static_cast<std::int64_t>(blockIdx.y) * n_heads + blockIdx.x;
@@ -553,7 +608,7 @@ __global__ void merge_kernel(const float* ws, int splits, int D, int n_heads, fl
   }
 }
 
-void validate(const DecodeShape& s, int splits, int tile) {
+void validate(const DecodeShape& s, int splits, int tile, bool any_head_dim = false) {
   if (s.batch < 1 || s.n_kv_heads < 1 || s.n_heads % s.n_kv_heads != 0) {
     throw InvalidArgumentError("CUDA decode attention: bad batch or head counts");
   }
@@ -562,8 +617,11 @@ void validate(const DecodeShape& s, int splits, int tile) {
     throw InvalidArgumentError("CUDA decode attention: query heads per kv head must be 1, 2, 4 or 8, got " +
                                std::to_string(G));
   }
-  if (s.head_dim != 64 && s.head_dim != 128) {
-    throw InvalidArgumentError("CUDA decode attention: head_dim must be 64 or 128, got " + std::to_string(s.head_dim));
+  const bool small_ok = any_head_dim && s.head_dim >= 2 && s.head_dim <= 128 && s.head_dim % 2 == 0;
+  if (s.head_dim != 64 && s.head_dim != 128 && !small_ok) {
+    throw InvalidArgumentError("CUDA decode attention: head_dim must be 64 or 128" +
+                               std::string(any_head_dim ? " (or even, at most 128, for the fp16 cache)" : "") + ", got " +
+                               std::to_string(s.head_dim));
   }
   if (s.n_tokens < 1 || s.n_tokens > s.capacity) throw InvalidArgumentError("CUDA decode attention: n_tokens out of range");
   const std::int64_t tiles = (s.n_tokens + tile - 1) / tile;
@@ -648,6 +706,24 @@ std::size_t decode_workspace_floats(const DecodeShape& s, int splits) {
 }
 
 void dense_decode_attention(const DenseDecodeArgs& a, float* workspace, int splits, cudaStream_t stream) {
+  const int D = a.shape.head_dim;
+  if (D != 64 && D != 128) {  // small models: the generic kernel, one split (`splits` is not used)
+    validate(a.shape, 1, kTile, true);
+    DenseParams p{static_cast<const __half*>(a.k), static_cast<const __half*>(a.v), a.q, workspace, a.shape.n_tokens,
+                  a.shape.capacity, a.shape.n_heads, a.shape.n_kv_heads, 1, a.scale, a.n_tokens_device, 1, 0};
+    const int G = a.shape.group();
+    const std::size_t smem = sizeof(float) * (G * D + kSmallThreads * G + 2 * (kSmallThreads / 32) * G);
+    const dim3 grid(1, a.shape.n_kv_heads, a.shape.batch);
+    switch (G) {
+      case 1: dense_small_kernel<1><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
+      case 2: dense_small_kernel<2><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
+      case 4: dense_small_kernel<4><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
+      default: dense_small_kernel<8><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
+    }
+    check(cudaGetLastError(), "decode attention kernel launch");
+    merge(a.shape, workspace, 1, a.out, stream);
+    return;
+  }
   validate(a.shape, splits, kTile);
   DenseParams p{static_cast<const __half*>(a.k), static_cast<const __half*>(a.v), a.q, workspace, a.shape.n_tokens,
                 a.shape.capacity, a.shape.n_heads, a.shape.n_kv_heads, splits, a.scale, a.n_tokens_device, splits, 0};

@@ -1,15 +1,16 @@
 // GpuLlama (llama_gpu.h): device buffers, the small fused kernels and one decode step.
 // Layouts (row-major, batch-major):
-//   weights: tok_embd / lm_head [vocab, hidden] bf16; per layer wqkv [q_dim + 2 kv_dim, hidden]
+//   weights (W = bf16, or f32 with GpuLlamaOptions::f32_weights): tok_embd / lm_head [vocab, hidden] W;
+//   per layer wqkv [q_dim + 2 kv_dim, hidden]
 //   (wq rows, then wk, then wv), wo [hidden, q_dim], wgu [2 ffn, hidden] (gate rows, then up),
-//   wdown [hidden, ffn] bf16; norms f32 [hidden]. One allocation for all of them.
-//   activations: x, tmp [B, hidden] f32; xb [B, max(hidden, q_dim, ffn)] bf16 (GEMM inputs);
+//   wdown [hidden, ffn] W; norms f32 [hidden]. One allocation for all of them.
+//   activations: x, tmp [B, hidden] f32; xb [B, max(hidden, q_dim, ffn)] W (GEMM inputs);
 //   qkv [B, q_dim + 2 kv_dim] f32; q, att [B, n_heads, head_dim] f32; k, v [B, n_kv, head_dim]
 //   f32; gu [B, 2 ffn] f32; logits [B, vocab] f32.
 //   cache per layer: fp16 K, V [B, n_kv, capacity, head_dim]; or PQ codes [B, n_kv, capacity, M]
 //   u8 in the mma kernel's orders (keys / values) + codebooks [n_kv, M, 256, dsub] in fp16 (for
 //   attention) and f32 (for the encoder).
-// GEMMs: cublasGemmEx, bf16 x bf16 -> f32 with f32 compute (y = W x for every row of the batch).
+// GEMMs: cublasGemmEx, W x W -> f32 with f32 compute, no TF32 (y = W x for every row of the batch).
 #include "backends/cuda/llama_gpu.h"
 
 #include <cublas_v2.h>
@@ -46,19 +47,32 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return s;
 }
 
-__global__ void embed_kernel(const bf16* emb, const int* tokens, float* x, int hidden) {
-  const bf16* row = emb + static_cast<std::int64_t>(tokens[blockIdx.x]) * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[blockIdx.x * hidden + i] = __bfloat162float(row[i]);
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(float x) { return x; }
+template <typename T>
+__device__ __forceinline__ T from_f(float x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return __float2bfloat16(x);
+  } else {
+    return x;
+  }
 }
 
-// out = bf16(x * rsqrt(mean(x^2) + eps) * w), one block per row.
-__global__ void rmsnorm_kernel(const float* x, const float* w, bf16* out, int n, float eps) {
+template <typename T>
+__global__ void embed_kernel(const T* emb, const int* tokens, float* x, int hidden) {
+  const T* row = emb + static_cast<std::int64_t>(tokens[blockIdx.x]) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[blockIdx.x * hidden + i] = to_f(row[i]);
+}
+
+// out = T(x * rsqrt(mean(x^2) + eps) * w), one block per row.
+template <typename T>
+__global__ void rmsnorm_kernel(const float* x, const float* w, T* out, int n, float eps) {
   __shared__ float red[32];
   const float* xr = x + static_cast<std::int64_t>(blockIdx.x) * n;
   float ss = 0.0f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
   const float r = rsqrtf(block_sum(ss, red) / static_cast<float>(n) + eps);
-  for (int i = threadIdx.x; i < n; i += blockDim.x) out[static_cast<std::int64_t>(blockIdx.x) * n + i] = __float2bfloat16(xr[i] * r * w[i]);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[static_cast<std::int64_t>(blockIdx.x) * n + i] = from_f<T>(xr[i] * r * w[i]);
 }
 
 // Splits qkv rows into q [B, H, hd], k, v [B, Hkv, hd] and rotates q and k at position pos
@@ -106,19 +120,21 @@ __global__ void append_ring_kernel(const float* k, const float* v, __half* rk, _
   }
 }
 
-__global__ void to_bf16_kernel(const float* x, bf16* y, std::int64_t n) {
+template <typename T>
+__global__ void to_act_kernel(const float* x, T* y, std::int64_t n) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) {
-    y[i] = __float2bfloat16(x[i]);
+    y[i] = from_f<T>(x[i]);
   }
 }
 
-// h = bf16(silu(gate) * up), gu rows [gate (ffn) | up (ffn)].
-__global__ void swiglu_kernel(const float* gu, bf16* h, int ffn, int batch) {
+// h = T(silu(gate) * up), gu rows [gate (ffn) | up (ffn)].
+template <typename T>
+__global__ void swiglu_kernel(const float* gu, T* h, int ffn, int batch) {
   const std::int64_t n = static_cast<std::int64_t>(batch) * ffn;
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) {
     const std::int64_t b = i / ffn, j = i % ffn;
     const float g = gu[b * 2 * ffn + j], u = gu[b * 2 * ffn + ffn + j];
-    h[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+    h[i] = from_f<T>(g / (1.0f + expf(-g)) * u);
   }
 }
 
@@ -187,10 +203,11 @@ struct GpuLlama::Impl {
   cublasHandle_t blas = nullptr;
   int sm_count = 0;
   void* weights = nullptr;  // one allocation
-  bf16 *tok_embd = nullptr, *lm_head = nullptr;
+  bool f32 = false;   // weights and GEMM inputs in f32 (else bf16)
+  void *tok_embd = nullptr, *lm_head = nullptr;
   float* final_norm = nullptr;
   struct Layer {
-    bf16 *wqkv, *wo, *wgu, *wdown;
+    void *wqkv, *wo, *wgu, *wdown;
     float *attn_norm, *ffn_norm;
     void *kc, *vc;                  // fp16 K / V, or PQ key / value codes
     __half *cbk16, *cbv16;          // PQ codebooks for attention
@@ -206,7 +223,7 @@ struct GpuLlama::Impl {
   int* host_tokens = nullptr; // pinned [batch]: the graph's copy reads it when it runs
   std::int64_t* len = nullptr;  // device: tokens in the cache once this step's token is appended
   float *x, *tmp, *qkv, *q, *k, *v, *att, *gu, *logits, *ws;
-  bf16* xb;
+  void* xb;
   double* inv_freq;
   void* blas_ws = nullptr;
   int dense_splits = 0, pq_splits = 0;  // chosen for the capacity (the kernels skip empty splits)
@@ -231,19 +248,19 @@ Sizes sizes(const LlamaShape& s) {
 }
 std::int64_t codebook_elems(const LlamaShape& s) { return static_cast<std::int64_t>(s.n_kv_heads) * s.head_dim * 256; }
 constexpr std::size_t kBlasWorkspace = 32u << 20;
-std::int64_t work_bytes(const LlamaShape& s, int B, int splits_max) {
+std::int64_t work_bytes(const LlamaShape& s, int B, int splits_max, bool f32_weights) {
   const Sizes z = sizes(s);
   const std::int64_t f32 = B * (2ll * s.hidden + (z.q + 2 * z.kv) + 2 * z.q + 2 * z.kv + 2ll * s.ffn + s.vocab) +
                            static_cast<std::int64_t>(B) * s.n_heads * splits_max * (s.head_dim + 2);
   const std::int64_t xb = static_cast<std::int64_t>(B) * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
-  return 4 * f32 + 2 * xb + 8ll * s.head_dim + 4ll * B + 8 + 1024;
+  return 4 * f32 + (f32_weights ? 4 : 2) * xb + 8ll * s.head_dim + 4ll * B + 8 + 1024;
 }
 
 }  // namespace
 
-std::int64_t GpuLlama::weight_bytes(const LlamaShape& s) {
+std::int64_t GpuLlama::weight_bytes(const LlamaShape& s, bool f32_weights) {
   const Sizes z = sizes(s);
-  return 2 * z.weights_elems + 4 * z.norms;
+  return (f32_weights ? 4 : 2) * z.weights_elems + 4 * z.norms;
 }
 
 std::int64_t GpuLlama::cache_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
@@ -256,8 +273,11 @@ std::int64_t GpuLlama::cache_bytes(const LlamaShape& s, const GpuLlamaOptions& o
 GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : shape_(shape), opt_(options) {
   const LlamaShape& s = shape_;
   if (s.hidden < 1 || s.n_layers < 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.n_heads % s.n_kv_heads != 0 ||
-      s.ffn < 1 || s.vocab < 1 || (s.head_dim != 64 && s.head_dim != 128)) {
-    throw InvalidArgumentError("GpuLlama: unsupported shape (head_dim must be 64 or 128, heads a multiple of kv heads)");
+      s.ffn < 1 || s.vocab < 1 || s.head_dim < 2 || s.head_dim > 128 || s.head_dim % 2 != 0) {
+    throw InvalidArgumentError("GpuLlama: unsupported shape (head_dim even and at most 128, heads a multiple of kv heads)");
+  }
+  if (opt_.cache == GpuCache::kPQ && s.head_dim != 64 && s.head_dim != 128) {
+    throw InvalidArgumentError("GpuLlama: the PQ cache needs head_dim 64 or 128");
   }
   if (opt_.batch < 1 || opt_.capacity < 1) throw InvalidArgumentError("GpuLlama: batch and capacity must be positive");
   if (opt_.cache == GpuCache::kPQ) {
@@ -273,8 +293,9 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
   check(cudaGetDevice(&dev), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&m.sm_count, cudaDevAttrMultiProcessorCount, dev), "SM count");
   const int splits_max = 4 * m.sm_count;
-  const std::int64_t need_w = weight_bytes(s), need_c = cache_bytes(s, opt_),
-                     need_work = work_bytes(s, opt_.batch, splits_max) + static_cast<std::int64_t>(kBlasWorkspace);
+  const std::int64_t need_w = weight_bytes(s, opt_.f32_weights), need_c = cache_bytes(s, opt_),
+                     need_work = work_bytes(s, opt_.batch, splits_max, opt_.f32_weights) +
+                                 static_cast<std::int64_t>(kBlasWorkspace);
   std::size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   const double gib = 1024.0 * 1024.0 * 1024.0;
@@ -299,10 +320,12 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
 
   const Sizes z = sizes(s);
   check(cudaMalloc(&m.weights, static_cast<std::size_t>(need_w)), "cudaMalloc(weights)");
-  bf16* wp = static_cast<bf16*>(m.weights);
+  m.f32 = opt_.f32_weights;
+  const int es = m.f32 ? 4 : 2;
+  unsigned char* wp = static_cast<unsigned char*>(m.weights);
   auto take = [&](std::int64_t n) {
-    bf16* p = wp;
-    wp += n;
+    void* p = wp;
+    wp += n * es;
     return p;
   };
   m.tok_embd = take(static_cast<std::int64_t>(s.vocab) * s.hidden);
@@ -367,8 +390,8 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
   m.gu = takef(2ll * B * s.ffn);
   m.logits = takef(static_cast<std::int64_t>(B) * s.vocab);
   m.ws = takef(static_cast<std::int64_t>(B) * s.n_heads * splits_max * (s.head_dim + 2));
-  m.xb = reinterpret_cast<bf16*>(fp);
-  bf16* xb_end = m.xb + static_cast<std::int64_t>(B) * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
+  m.xb = fp;
+  unsigned char* xb_end = reinterpret_cast<unsigned char*>(fp) + es * B * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
   m.inv_freq = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(xb_end) + 15) & ~std::uintptr_t{15});
   m.len = reinterpret_cast<std::int64_t*>(m.inv_freq + s.head_dim / 2);
   m.tokens = reinterpret_cast<int*>(m.len + 1);
@@ -417,7 +440,13 @@ void GpuLlama::upload_weights(const LlamaHostWeights& w) {
                                  " values, the shape needs " + std::to_string(n));
     }
   };
-  auto up_bf16 = [&](bf16* dst, std::initializer_list<const std::vector<float>*> parts) {
+  auto up_bf16 = [&](void* dst, std::initializer_list<const std::vector<float>*> parts) {  // or f32
+    if (m.f32) {
+      std::vector<float> h;
+      for (const auto* p : parts) h.insert(h.end(), p->begin(), p->end());
+      check(cudaMemcpy(dst, h.data(), h.size() * 4, cudaMemcpyHostToDevice), "upload weights");
+      return;
+    }
     std::vector<std::uint16_t> h;
     for (const auto* p : parts) {
       for (float f : *p) h.push_back(f32_to_bf16(f));
@@ -459,8 +488,12 @@ void GpuLlama::init_random(std::uint64_t seed) {
   const LlamaShape& s = shape_;
   const Sizes z = sizes(s);
   Impl& m = *impl_;
-  auto fill = [&](bf16* p, std::int64_t n, float scale) {
-    fill_random_kernel<bf16><<<grid_for(n), 256, 0, stream_>>>(p, n, seed++, scale);
+  auto fill = [&](void* p, std::int64_t n, float scale) {
+    if (m.f32) {
+      fill_random_kernel<float><<<grid_for(n), 256, 0, stream_>>>(static_cast<float*>(p), n, seed++, scale);
+    } else {
+      fill_random_kernel<bf16><<<grid_for(n), 256, 0, stream_>>>(static_cast<bf16*>(p), n, seed++, scale);
+    }
   };
   const float hs = 1.0f / std::sqrt(static_cast<float>(s.hidden));
   fill(m.tok_embd, static_cast<std::int64_t>(s.vocab) * s.hidden, 1.0f);
@@ -588,18 +621,30 @@ void GpuLlama::enqueue_step() {
   advance_kernel<<<1, 1, 0, stream_>>>(m.len);
   const float one = 1.0f, zero = 0.0f;
   // y[B, out] = x[B, in] W^T with W [out, in] row-major (column-major: y^T = W x^T).
-  auto gemm = [&](const bf16* W, const bf16* x, float* y, std::int64_t out, std::int64_t in) {
+  const cudaDataType_t wt = m.f32 ? CUDA_R_32F : CUDA_R_16BF;
+  auto gemm = [&](const void* W, const void* x, float* y, std::int64_t out, std::int64_t in) {
     check_blas(cublasGemmEx(m.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), B, static_cast<int>(in), &one, W,
-                            CUDA_R_16BF, static_cast<int>(in), x, CUDA_R_16BF, static_cast<int>(in), &zero, y, CUDA_R_32F,
+                            wt, static_cast<int>(in), x, wt, static_cast<int>(in), &zero, y, CUDA_R_32F,
                             static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                "cublasGemmEx");
   };
-  embed_kernel<<<B, 256, 0, stream_>>>(m.tok_embd, m.tokens, m.x, s.hidden);
+  auto rmsnorm = [&](const float* w) {
+    if (m.f32) {
+      rmsnorm_kernel<float><<<B, 256, 0, stream_>>>(m.x, w, static_cast<float*>(m.xb), s.hidden, s.norm_eps);
+    } else {
+      rmsnorm_kernel<bf16><<<B, 256, 0, stream_>>>(m.x, w, static_cast<bf16*>(m.xb), s.hidden, s.norm_eps);
+    }
+  };
+  if (m.f32) {
+    embed_kernel<float><<<B, 256, 0, stream_>>>(static_cast<const float*>(m.tok_embd), m.tokens, m.x, s.hidden);
+  } else {
+    embed_kernel<bf16><<<B, 256, 0, stream_>>>(static_cast<const bf16*>(m.tok_embd), m.tokens, m.x, s.hidden);
+  }
   // Host-side shape: the capacity (checks, splits); the kernels read the length from m.len.
   const DecodeShape ds{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.capacity, opt_.capacity};
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
   for (const auto& L : m.layers) {
-    rmsnorm_kernel<<<B, 256, 0, stream_>>>(m.x, L.attn_norm, m.xb, s.hidden, s.norm_eps);
+    rmsnorm(L.attn_norm);
     gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden);
     rope_split_kernel<<<B, 256, 0, stream_>>>(m.qkv, m.inv_freq, m.len, m.q, m.k, m.v, s.n_heads, s.n_kv_heads,
                                               s.head_dim, s.rope_interleaved);
@@ -670,16 +715,24 @@ void GpuLlama::enqueue_step() {
         pq_decode_attention(a, m.ws, m.pq_splits, stream_);
       }
     }
-    to_bf16_kernel<<<grid_for(B * z.q), 256, 0, stream_>>>(m.att, m.xb, B * z.q);
+    if (m.f32) {
+      to_act_kernel<float><<<grid_for(B * z.q), 256, 0, stream_>>>(m.att, static_cast<float*>(m.xb), B * z.q);
+    } else {
+      to_act_kernel<bf16><<<grid_for(B * z.q), 256, 0, stream_>>>(m.att, static_cast<bf16*>(m.xb), B * z.q);
+    }
     gemm(L.wo, m.xb, m.tmp, s.hidden, z.q);
     add_kernel<<<grid_for(static_cast<std::int64_t>(B) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(B) * s.hidden);
-    rmsnorm_kernel<<<B, 256, 0, stream_>>>(m.x, L.ffn_norm, m.xb, s.hidden, s.norm_eps);
+    rmsnorm(L.ffn_norm);
     gemm(L.wgu, m.xb, m.gu, 2ll * s.ffn, s.hidden);
-    swiglu_kernel<<<grid_for(static_cast<std::int64_t>(B) * s.ffn), 256, 0, stream_>>>(m.gu, m.xb, s.ffn, B);
+    if (m.f32) {
+      swiglu_kernel<float><<<grid_for(static_cast<std::int64_t>(B) * s.ffn), 256, 0, stream_>>>(m.gu, static_cast<float*>(m.xb), s.ffn, B);
+    } else {
+      swiglu_kernel<bf16><<<grid_for(static_cast<std::int64_t>(B) * s.ffn), 256, 0, stream_>>>(m.gu, static_cast<bf16*>(m.xb), s.ffn, B);
+    }
     gemm(L.wdown, m.xb, m.tmp, s.hidden, s.ffn);
     add_kernel<<<grid_for(static_cast<std::int64_t>(B) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(B) * s.hidden);
   }
-  rmsnorm_kernel<<<B, 256, 0, stream_>>>(m.x, m.final_norm, m.xb, s.hidden, s.norm_eps);
+  rmsnorm(m.final_norm);
   gemm(m.lm_head, m.xb, m.logits, s.vocab, s.hidden);
   if (m.side) {  // join the encoder's stream: this step's codes are written when the step ends
     check(cudaEventRecord(m.joined, m.side), "cudaEventRecord");

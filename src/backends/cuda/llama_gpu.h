@@ -1,12 +1,12 @@
 // A Llama-architecture decoder on one GPU, decode steps only (one new token per sequence, all
-// sequences of a batch at the same position): bf16 weights, GEMMs through cuBLAS (bf16 inputs,
-// f32 accumulation and outputs), fused small kernels (embedding, RMSNorm, RoPE + split,
+// sequences of a batch at the same position): bf16 (or f32) weights, GEMMs through cuBLAS (bf16
+// inputs, f32 accumulation and outputs), fused small kernels (embedding, RMSNorm, RoPE + split,
 // SwiGLU, residual adds), and a KV cache on the device — dense fp16 or PQ codes (plain PQ: no
 // rotation / normalisation on the GPU yet) read by the decode-attention kernels of
 // cuda_attention.h, the PQ codes written by pq_encode.
 // Weights come from host arrays (tests, load_llama_hf for a Hugging Face directory) or a seeded
 // random fill on the device (benchmarks of a model shape without its weights). A step runs as one CUDA graph (GpuLlamaOptions::cuda_graph).
-// Not here: prefill attention (a prompt is fed token by token), GGUF / llama2.c files, the
+// Not here: prefill attention (a prompt is fed token by token), GGUF files, the
 // normalised / rotated PQ variants, sampling, encoding on a side stream.
 #pragma once
 
@@ -24,7 +24,7 @@ struct LlamaShape {
   int n_layers = 0;
   int n_heads = 0;
   int n_kv_heads = 0;
-  int head_dim = 0;  ///< 64 or 128 (the attention kernels)
+  int head_dim = 0;  ///< 64 or 128 (PQ; the fp16 cache takes any even head_dim up to 128)
   int ffn = 0;
   int vocab = 0;
   float norm_eps = 1e-5f;
@@ -51,6 +51,9 @@ struct GpuLlamaOptions {
   /// position from device memory, so the same graph serves every step) instead of ~15 launches
   /// per layer from the host.
   bool cuda_graph = true;
+  /// Weights and GEMM inputs in f32 (4 bytes a weight) instead of bf16: the CPU engine's
+  /// precision, for checks against its outputs; bf16 is the fast path.
+  bool f32_weights = false;
 };
 
 /// Host-side weights in f32 (rounded to bf16 on upload), Hugging Face layouts: matrices [out, in].
@@ -67,6 +70,8 @@ struct LlamaHostWeights {
 /// `shape` from its config (llama_gpu_load.cpp). Throws UnsupportedError for what the GPU path
 /// lacks (RoPE scaling, q/k/v biases, sliding windows, head_dim other than 64 / 128).
 LlamaHostWeights load_llama_hf(const std::string& dir, LlamaShape& shape);
+/// Loads a llama2.c checkpoint (legacy format: 7 int32 header, f32 tensors; models/stories260K).
+LlamaHostWeights load_llama2c(const std::string& path, LlamaShape& shape);
 
 /// PQ codebooks per layer for the PQ cache: K and V, [n_kv_heads, M, 256, dsub] f32 each.
 struct LlamaHostCodebooks {
@@ -83,7 +88,7 @@ class GpuLlama {
   GpuLlama& operator=(const GpuLlama&) = delete;
 
   /// Bytes the weights, the cache and the work buffers need on the device.
-  static std::int64_t weight_bytes(const LlamaShape& shape);
+  static std::int64_t weight_bytes(const LlamaShape& shape, bool f32_weights = false);
   static std::int64_t cache_bytes(const LlamaShape& shape, const GpuLlamaOptions& options);
 
   void upload_weights(const LlamaHostWeights& w);

@@ -1,5 +1,5 @@
-// Loads a Hugging Face Llama directory (config.json + safetensors) into LlamaHostWeights for
-// GpuLlama: tensors converted to f32 on the host (GpuLlama rounds them to bf16 on upload).
+// Loads a Hugging Face Llama directory (config.json + safetensors) or a llama2.c checkpoint into
+// LlamaHostWeights for GpuLlama: tensors converted to f32 on the host (GpuLlama rounds them to bf16 on upload).
 // Refuses what the GPU path does not implement yet (RoPE scaling, q/k/v biases, sliding
 // windows) instead of computing something else.
 #include <cstring>
@@ -86,6 +86,74 @@ LlamaHostWeights load_llama_hf(const std::string& dir, LlamaShape& shape) {
     L.w_up = get(p + "mlp.up_proj.weight", F * H);
     L.w_down = get(p + "mlp.down_proj.weight", H * F);
     w.layers.push_back(std::move(L));
+  }
+  return w;
+}
+
+LlamaHostWeights load_llama2c(const std::string& path, LlamaShape& shape) {
+  const MappedFile file(path);
+  const std::uint8_t* p = file.data();
+  const std::size_t size = file.size();
+  if (size < 28) throw FormatError("'" + path + "': shorter than a llama2.c header (28 bytes)");
+  std::int32_t h[7];
+  std::memcpy(h, p, 28);
+  const int dim = h[0], hidden = h[1], layers = h[2], heads = h[3], kv_heads = h[4], seq_len = h[6];
+  const bool shared = h[5] > 0;
+  const int vocab = shared ? h[5] : -h[5];
+  if (dim <= 0 || hidden <= 0 || layers <= 0 || heads <= 0 || kv_heads <= 0 || vocab <= 0 || seq_len <= 0 ||
+      dim % heads != 0 || heads % kv_heads != 0 || dim > (1 << 16) || hidden > (1 << 18) || layers > 1024 ||
+      vocab > (1 << 22) || seq_len > (1 << 24)) {
+    throw FormatError("'" + path + "': implausible llama2.c header");
+  }
+  const std::int64_t hd = dim / heads, kv_dim = static_cast<std::int64_t>(dim) * kv_heads / heads, L = layers;
+  const std::int64_t floats = static_cast<std::int64_t>(vocab) * dim + L * dim + L * dim * dim + 2 * L * kv_dim * dim +
+                              L * dim * dim + L * dim + 3 * L * hidden * dim + dim + static_cast<std::int64_t>(seq_len) * hd +
+                              (shared ? 0 : static_cast<std::int64_t>(vocab) * dim);
+  if (static_cast<std::int64_t>(size) < 28 + 4 * floats) {
+    throw FormatError("'" + path + "': truncated (" + std::to_string(size) + " bytes, the header implies " +
+                      std::to_string(28 + 4 * floats) + ")");
+  }
+  std::size_t off = 28;
+  auto take = [&](std::int64_t n) {
+    std::vector<float> v(static_cast<std::size_t>(n));
+    std::memcpy(v.data(), p + off, static_cast<std::size_t>(n) * 4);
+    off += static_cast<std::size_t>(n) * 4;
+    return v;
+  };
+  auto split = [&](const std::vector<float>& all, int l, std::int64_t n) {
+    return std::vector<float>(all.begin() + l * n, all.begin() + (l + 1) * n);
+  };
+  shape = LlamaShape{};
+  shape.hidden = dim;
+  shape.n_layers = layers;
+  shape.n_heads = heads;
+  shape.n_kv_heads = kv_heads;
+  shape.head_dim = static_cast<int>(hd);
+  shape.ffn = hidden;
+  shape.vocab = vocab;
+  shape.norm_eps = 1e-5f;
+  shape.rope_theta = 10000.0;
+  shape.rope_interleaved = true;  // llama2.c rotates adjacent pairs
+  LlamaHostWeights w;
+  w.tok_embd = take(static_cast<std::int64_t>(vocab) * dim);
+  const auto rms_att = take(L * dim), wq = take(L * dim * dim), wk = take(L * kv_dim * dim), wv = take(L * kv_dim * dim),
+             wo = take(L * dim * dim), rms_ffn = take(L * dim), w1 = take(L * hidden * dim), w2 = take(L * dim * hidden),
+             w3 = take(L * hidden * dim);
+  w.final_norm = take(dim);
+  off += static_cast<std::size_t>(seq_len) * static_cast<std::size_t>(hd) * 4;  // the legacy RoPE tables
+  w.lm_head = shared ? w.tok_embd : take(static_cast<std::int64_t>(vocab) * dim);
+  for (int l = 0; l < layers; ++l) {
+    LlamaHostWeights::Layer Ly;
+    Ly.attn_norm = split(rms_att, l, dim);
+    Ly.wq = split(wq, l, dim * dim);
+    Ly.wk = split(wk, l, kv_dim * dim);
+    Ly.wv = split(wv, l, kv_dim * dim);
+    Ly.wo = split(wo, l, dim * dim);
+    Ly.ffn_norm = split(rms_ffn, l, dim);
+    Ly.w_gate = split(w1, l, hidden * dim);  // SwiGLU: w2(silu(w1 x) * (w3 x))
+    Ly.w_down = split(w2, l, dim * hidden);
+    Ly.w_up = split(w3, l, hidden * dim);
+    w.layers.push_back(std::move(Ly));
   }
   return w;
 }
