@@ -4,9 +4,11 @@
 // them to the tensor cores from registers.
 //
 // Block: 16 warps on one (sequence split, kv head, sequence); both codebooks in shared memory
-// ([M][ksub][dsub] fp16, as in the file). Each warp walks its own contiguous run of 16-token
-// tiles with its own online softmax (no block barrier in the main loop); the warps' partials
-// are merged in shared memory at the end and written like the other kernels' (merge_kernel).
+// (fp16, interleaved: cb_align). Each warp walks its own contiguous run of 16-token tiles with
+// its own online softmax (no block barrier in the main loop); the warps' partials are merged in
+// shared memory at the end and written like the other kernels' (merge_kernel), at split slots
+// 0 .. splits - 1 of ws_splits (an exact window's partial may take the next slot). The token
+// count may be read from device memory when the kernel runs (a decode step in a CUDA graph).
 // Per 16-token tile, with g = lane / 4 and c = lane % 4 (the mma fragment coordinates):
 //  - codebooks: copied asynchronously into shared memory with the subspaces of one lookup
 //    instruction interleaved (cb_align), so that lanes of different subspaces never collide in
