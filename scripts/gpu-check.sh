@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine: configures a CUDA-only build (no OpenBLAS / FAISS / SentencePiece there),
-# builds it, runs the CUDA tests against the CPU references, then the decode-attention
-# benchmark (ours) and PyTorch SDPA (the peer), and prints the table last. Full logs and the
+# builds it, runs the CUDA tests against the CPU references (kernels, GpuLlama; gutenberg-23m's
+# golden logits when device-carry/gutenberg-23m was sent along), then the decode-attention
+# benchmark (ours) beside PyTorch SDPA (the peer) and the end-to-end Llama-3-8B-shape decode
+# benchmark, and prints a short summary table last. Full logs and the
 # table go to $OUT (or ./gpu-out). Needs .gpu-deps/include (scripts/gpu-deps.sh, run on a
 # development machine) carried along.
 #   scripts/gpu-check.sh [--quick]      --quick: tests and a short benchmark only
@@ -45,4 +47,13 @@ cat "$OUT/bench-cuda.md"
 grep "^|" "$OUT/sdpa.md"
 echo "== end to end (bench_cuda_model) =="
 cat "$OUT/bench-model.md" 2>/dev/null || tail -5 "$OUT/bench-model.log"
+# The short table: the rows the targets are about (full tables above and in $OUT).
+{
+  echo "== summary =="
+  grep -o "Device-to-device copy.*" "$OUT/bench-cuda.md"
+  grep -E "^\| (pq 4-bit \(M=64\), mma|fp16 \(ours\)) \| [18] \| (131072|1048576) " "$OUT/bench-cuda.md"
+  grep -E "^\| SDPA fp16 \(torch\) \| [18] \| (131072|1048576) " "$OUT/sdpa.md"
+  grep -E "graph \| 1 \| (131072|1048576) " "$OUT/bench-model.md" 2>/dev/null | cut -c1-160
+  echo "tests: $([ $test_rc = 0 ] && echo passed || echo FAILED) ($OUT/test.log)"
+} | tee "$OUT/summary.txt"
 exit $test_rc
