@@ -467,6 +467,33 @@ TEST(GpuLlama, Stories260KGreedyTextMatchesGolden) {
   EXPECT_EQ(text, golden);
 }
 
+// The loaders refuse, with the library's error types, what the GPU path cannot run or read:
+// RoPE scaling (Llama 3 configs), q/k/v biases (Qwen2), sliding windows (Mistral), a missing
+// directory, a truncated llama2.c checkpoint (tiny fixtures of tests/data, stories260K cut short).
+TEST(GpuLlama, LoadersRefuseWhatTheyCannotRun) {
+  const std::string data = std::string(MILLION_SOURCE_DIR) + "/tests/data/hf-tiny/";
+  LlamaShape sh;
+  EXPECT_THROW(load_llama_hf(data + "llama3-rope", sh), UnsupportedError);
+  EXPECT_THROW(load_llama_hf(data + "qwen2-bias", sh), UnsupportedError);
+  EXPECT_THROW(load_llama_hf(data + "mistral-sw", sh), UnsupportedError);  // sliding window
+  EXPECT_THROW(load_llama_hf(data + "no-such-model", sh), Error);
+  const std::string full = std::string(MILLION_SOURCE_DIR) + "/models/stories260K/stories260K.bin";
+  const std::string cut = (std::filesystem::temp_directory_path() / "million-truncated-stories.bin").string();
+  {
+    std::ifstream in(full, std::ios::binary);
+    std::vector<char> bytes(100000);
+    in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(cut, std::ios::binary).write(bytes.data(), in.gcount());
+  }
+  try {
+    load_llama2c(cut, sh);
+    ADD_FAILURE() << "a truncated checkpoint loaded";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(cut);
+}
+
 TEST(GpuLlama, RefusesWhatDoesNotFit) {
   GpuLlamaOptions o;
   o.capacity = 1 << 20;
