@@ -230,6 +230,24 @@ struct GpuLlama::Impl {
   cudaGraphExec_t graph = nullptr;
   cudaStream_t side = nullptr;      // PQ window: the encoder's stream
   cudaEvent_t joined = nullptr;     // PQ window: the side stream's work of this step is done
+
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() {  // also when the constructor throws halfway: whatever was created is released
+    if (graph) cudaGraphExecDestroy(graph);
+    for (auto& L : layers) {
+      if (L.staged) cudaEventDestroy(L.staged);
+    }
+    if (joined) cudaEventDestroy(joined);
+    if (side) cudaStreamDestroy(side);
+    if (blas) cublasDestroy(blas);
+    cudaFree(blas_ws);
+    cudaFreeHost(host_tokens);
+    cudaFree(weights);
+    cudaFree(cache);
+    cudaFree(work);
+  }
 };
 
 namespace {
@@ -309,124 +327,118 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
     throw ResourceError(msg);
   }
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-  if (opt_.cache == GpuCache::kPQ && opt_.pq_window > 0) {
-    check(cudaStreamCreateWithFlags(&impl_->side, cudaStreamNonBlocking), "cudaStreamCreate(side)");
-    check(cudaEventCreateWithFlags(&impl_->joined, cudaEventDisableTiming), "cudaEventCreate");
-  }
-  check_blas(cublasCreate(&m.blas), "cublasCreate");
-  check_blas(cublasSetStream(m.blas, stream_), "cublasSetStream");
-  check(cudaMalloc(&m.blas_ws, kBlasWorkspace), "cudaMalloc(cuBLAS workspace)");
-  check_blas(cublasSetWorkspace(m.blas, m.blas_ws, kBlasWorkspace), "cublasSetWorkspace");  // no allocation inside a graph
+  try {
+    if (opt_.cache == GpuCache::kPQ && opt_.pq_window > 0) {
+      check(cudaStreamCreateWithFlags(&impl_->side, cudaStreamNonBlocking), "cudaStreamCreate(side)");
+      check(cudaEventCreateWithFlags(&impl_->joined, cudaEventDisableTiming), "cudaEventCreate");
+    }
+    check_blas(cublasCreate(&m.blas), "cublasCreate");
+    check_blas(cublasSetStream(m.blas, stream_), "cublasSetStream");
+    check(cudaMalloc(&m.blas_ws, kBlasWorkspace), "cudaMalloc(cuBLAS workspace)");
+    check_blas(cublasSetWorkspace(m.blas, m.blas_ws, kBlasWorkspace), "cublasSetWorkspace");  // no allocation inside a graph
 
-  const Sizes z = sizes(s);
-  check(cudaMalloc(&m.weights, static_cast<std::size_t>(need_w)), "cudaMalloc(weights)");
-  m.f32 = opt_.f32_weights;
-  const int es = m.f32 ? 4 : 2;
-  unsigned char* wp = static_cast<unsigned char*>(m.weights);
-  auto take = [&](std::int64_t n) {
-    void* p = wp;
-    wp += n * es;
-    return p;
-  };
-  m.tok_embd = take(static_cast<std::int64_t>(s.vocab) * s.hidden);
-  m.lm_head = take(static_cast<std::int64_t>(s.vocab) * s.hidden);
-  m.layers.resize(static_cast<std::size_t>(s.n_layers));
-  for (auto& L : m.layers) {
-    L.wqkv = take(s.hidden * (z.q + 2 * z.kv));
-    L.wo = take(z.q * s.hidden);
-    L.wgu = take(2ll * s.ffn * s.hidden);
-    L.wdown = take(static_cast<std::int64_t>(s.hidden) * s.ffn);
-  }
-  float* np = reinterpret_cast<float*>(wp);
-  for (auto& L : m.layers) {
-    L.attn_norm = np;
-    L.ffn_norm = np + s.hidden;
-    np += 2 * s.hidden;
-  }
-  m.final_norm = np;
+    const Sizes z = sizes(s);
+    check(cudaMalloc(&m.weights, static_cast<std::size_t>(need_w)), "cudaMalloc(weights)");
+    m.f32 = opt_.f32_weights;
+    const int es = m.f32 ? 4 : 2;
+    unsigned char* wp = static_cast<unsigned char*>(m.weights);
+    auto take = [&](std::int64_t n) {
+      void* p = wp;
+      wp += n * es;
+      return p;
+    };
+    m.tok_embd = take(static_cast<std::int64_t>(s.vocab) * s.hidden);
+    m.lm_head = take(static_cast<std::int64_t>(s.vocab) * s.hidden);
+    m.layers.resize(static_cast<std::size_t>(s.n_layers));
+    for (auto& L : m.layers) {
+      L.wqkv = take(s.hidden * (z.q + 2 * z.kv));
+      L.wo = take(z.q * s.hidden);
+      L.wgu = take(2ll * s.ffn * s.hidden);
+      L.wdown = take(static_cast<std::int64_t>(s.hidden) * s.ffn);
+    }
+    float* np = reinterpret_cast<float*>(wp);
+    for (auto& L : m.layers) {
+      L.attn_norm = np;
+      L.ffn_norm = np + s.hidden;
+      np += 2 * s.hidden;
+    }
+    m.final_norm = np;
 
-  check(cudaMalloc(&m.cache, static_cast<std::size_t>(std::max<std::int64_t>(need_c, 1))), "cudaMalloc(cache)");
-  unsigned char* cp = static_cast<unsigned char*>(m.cache);
-  const std::int64_t rows = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * opt_.capacity;
-  for (auto& L : m.layers) {
-    const std::int64_t kind = opt_.cache == GpuCache::kF16 ? rows * s.head_dim * 2 : rows * opt_.pq_M;
-    L.kc = cp;
-    L.vc = cp + kind;
-    cp += 2 * kind;
-    if (opt_.cache == GpuCache::kPQ) {
-      const std::int64_t e = codebook_elems(s);
-      L.cbk32 = reinterpret_cast<float*>(cp);
-      L.cbv32 = L.cbk32 + e;
-      L.cbk16 = reinterpret_cast<__half*>(L.cbv32 + e);
-      L.cbv16 = L.cbk16 + e;
-      cp += e * (4 + 4 + 2 + 2);
-      if (opt_.pq_window > 0) {
-        const std::int64_t rw = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * opt_.pq_window * s.head_dim;
-        const std::int64_t st = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * s.head_dim;
-        L.ring_k = reinterpret_cast<__half*>(cp);
-        L.ring_v = L.ring_k + rw;
-        L.stage_k = reinterpret_cast<float*>(L.ring_v + rw);
-        L.stage_v = L.stage_k + st;
-        cp += 2 * rw * 2 + 2 * st * 4;
-        check(cudaEventCreateWithFlags(&L.staged, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaMalloc(&m.cache, static_cast<std::size_t>(std::max<std::int64_t>(need_c, 1))), "cudaMalloc(cache)");
+    unsigned char* cp = static_cast<unsigned char*>(m.cache);
+    const std::int64_t rows = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * opt_.capacity;
+    for (auto& L : m.layers) {
+      const std::int64_t kind = opt_.cache == GpuCache::kF16 ? rows * s.head_dim * 2 : rows * opt_.pq_M;
+      L.kc = cp;
+      L.vc = cp + kind;
+      cp += 2 * kind;
+      if (opt_.cache == GpuCache::kPQ) {
+        const std::int64_t e = codebook_elems(s);
+        L.cbk32 = reinterpret_cast<float*>(cp);
+        L.cbv32 = L.cbk32 + e;
+        L.cbk16 = reinterpret_cast<__half*>(L.cbv32 + e);
+        L.cbv16 = L.cbk16 + e;
+        cp += e * (4 + 4 + 2 + 2);
+        if (opt_.pq_window > 0) {
+          const std::int64_t rw = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * opt_.pq_window * s.head_dim;
+          const std::int64_t st = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * s.head_dim;
+          L.ring_k = reinterpret_cast<__half*>(cp);
+          L.ring_v = L.ring_k + rw;
+          L.stage_k = reinterpret_cast<float*>(L.ring_v + rw);
+          L.stage_v = L.stage_k + st;
+          cp += 2 * rw * 2 + 2 * st * 4;
+          check(cudaEventCreateWithFlags(&L.staged, cudaEventDisableTiming), "cudaEventCreate");
+        }
       }
     }
+    check(cudaMalloc(&m.work, static_cast<std::size_t>(need_work)), "cudaMalloc(work)");
+    float* fp = static_cast<float*>(m.work);
+    auto takef = [&](std::int64_t n) {
+      float* p = fp;
+      fp += n;
+      return p;
+    };
+    const int B = opt_.batch;
+    m.x = takef(static_cast<std::int64_t>(B) * s.hidden);
+    m.tmp = takef(static_cast<std::int64_t>(B) * s.hidden);
+    m.qkv = takef(B * (z.q + 2 * z.kv));
+    m.q = takef(B * z.q);
+    m.att = takef(B * z.q);
+    m.k = takef(B * z.kv);
+    m.v = takef(B * z.kv);
+    m.gu = takef(2ll * B * s.ffn);
+    m.logits = takef(static_cast<std::int64_t>(B) * s.vocab);
+    m.ws = takef(static_cast<std::int64_t>(B) * s.n_heads * splits_max * (s.head_dim + 2));
+    m.xb = fp;
+    unsigned char* xb_end = reinterpret_cast<unsigned char*>(fp) + es * B * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
+    m.inv_freq = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(xb_end) + 15) & ~std::uintptr_t{15});
+    m.len = reinterpret_cast<std::int64_t*>(m.inv_freq + s.head_dim / 2);
+    m.tokens = reinterpret_cast<int*>(m.len + 1);
+    check(cudaMallocHost(&m.host_tokens, sizeof(int) * static_cast<std::size_t>(B)), "cudaMallocHost(tokens)");
+    check(cudaMemset(m.len, 0, sizeof(std::int64_t)), "cache length");
+    // Splits for the capacity: the kernels read the length on the device and leave the splits
+    // past it empty, so one choice (and one graph) serves every step.
+    const DecodeShape cap{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.capacity, opt_.capacity};
+    m.dense_splits = choose_splits(cap, m.sm_count);
+    if (opt_.cache == GpuCache::kPQ) {
+      PQDecodeArgs a;
+      a.shape = cap;
+      a.M = opt_.pq_M;
+      m.pq_splits = choose_splits_mma(cap, m.sm_count, pq_mma_blocks_per_sm(a));
+    }
+    std::vector<double> inv(static_cast<std::size_t>(s.head_dim / 2));
+    for (int i = 0; i < s.head_dim / 2; ++i) inv[static_cast<std::size_t>(i)] = std::pow(s.rope_theta, -2.0 * i / s.head_dim);
+    check(cudaMemcpy(m.inv_freq, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice), "upload inv_freq");
+  } catch (...) {  // the buffers go with impl_; the stream is ours
+    impl_.reset();
+    cudaStreamDestroy(stream_);
+    stream_ = nullptr;
+    throw;
   }
-  check(cudaMalloc(&m.work, static_cast<std::size_t>(need_work)), "cudaMalloc(work)");
-  float* fp = static_cast<float*>(m.work);
-  auto takef = [&](std::int64_t n) {
-    float* p = fp;
-    fp += n;
-    return p;
-  };
-  const int B = opt_.batch;
-  m.x = takef(static_cast<std::int64_t>(B) * s.hidden);
-  m.tmp = takef(static_cast<std::int64_t>(B) * s.hidden);
-  m.qkv = takef(B * (z.q + 2 * z.kv));
-  m.q = takef(B * z.q);
-  m.att = takef(B * z.q);
-  m.k = takef(B * z.kv);
-  m.v = takef(B * z.kv);
-  m.gu = takef(2ll * B * s.ffn);
-  m.logits = takef(static_cast<std::int64_t>(B) * s.vocab);
-  m.ws = takef(static_cast<std::int64_t>(B) * s.n_heads * splits_max * (s.head_dim + 2));
-  m.xb = fp;
-  unsigned char* xb_end = reinterpret_cast<unsigned char*>(fp) + es * B * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
-  m.inv_freq = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(xb_end) + 15) & ~std::uintptr_t{15});
-  m.len = reinterpret_cast<std::int64_t*>(m.inv_freq + s.head_dim / 2);
-  m.tokens = reinterpret_cast<int*>(m.len + 1);
-  check(cudaMallocHost(&m.host_tokens, sizeof(int) * static_cast<std::size_t>(B)), "cudaMallocHost(tokens)");
-  check(cudaMemset(m.len, 0, sizeof(std::int64_t)), "cache length");
-  // Splits for the capacity: the kernels read the length on the device and leave the splits
-  // past it empty, so one choice (and one graph) serves every step.
-  const DecodeShape cap{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.capacity, opt_.capacity};
-  m.dense_splits = choose_splits(cap, m.sm_count);
-  if (opt_.cache == GpuCache::kPQ) {
-    PQDecodeArgs a;
-    a.shape = cap;
-    a.M = opt_.pq_M;
-    m.pq_splits = choose_splits_mma(cap, m.sm_count, pq_mma_blocks_per_sm(a));
-  }
-  std::vector<double> inv(static_cast<std::size_t>(s.head_dim / 2));
-  for (int i = 0; i < s.head_dim / 2; ++i) inv[static_cast<std::size_t>(i)] = std::pow(s.rope_theta, -2.0 * i / s.head_dim);
-  check(cudaMemcpy(m.inv_freq, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice), "upload inv_freq");
 }
 
 GpuLlama::~GpuLlama() {
-  if (impl_) {
-    if (impl_->graph) cudaGraphExecDestroy(impl_->graph);
-    for (auto& L : impl_->layers) {
-      if (L.staged) cudaEventDestroy(L.staged);
-    }
-    if (impl_->joined) cudaEventDestroy(impl_->joined);
-    if (impl_->side) cudaStreamDestroy(impl_->side);
-    if (impl_->blas) cublasDestroy(impl_->blas);
-    cudaFree(impl_->blas_ws);
-    cudaFreeHost(impl_->host_tokens);
-    cudaFree(impl_->weights);
-    cudaFree(impl_->cache);
-    cudaFree(impl_->work);
-  }
+  impl_.reset();
   if (stream_) cudaStreamDestroy(stream_);
 }
 
