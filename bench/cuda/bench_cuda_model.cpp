@@ -7,7 +7,8 @@
 // and the table says so. Bytes per token: bf16 weights + the cache read by attention.
 //   bench_cuda_model [--out FILE] [--steps N] [--batch B] [--contexts 32768,131072]
 //                    [--caches f16,pq4,pq4w,pq2] [--pq-1m 1]   (pq-1m: also the 1M-token rows)
-// pq4w: 4-bit codes plus the newest 128 tokens exact (fp16 window), encoding on a side stream.
+// pq4w: 4-bit codes plus the newest 128 tokens exact (fp16 window), encoding on a side stream;
+// pq4n: the same with the normalised variant (rotation, key channel-groups of 128, value norms).
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -39,7 +40,7 @@ int main(int argc, char** argv) {
   std::string out_path;
   int steps = 16, batch = 1;
   bool pq_1m = true;
-  std::vector<std::string> contexts{"32768", "131072"}, caches{"f16", "pq4", "pq4w"};
+  std::vector<std::string> contexts{"32768", "131072"}, caches{"f16", "pq4", "pq4w", "pq4n"};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--out") out_path = v;
@@ -82,18 +83,21 @@ int main(int argc, char** argv) {
     runs.push_back({"f16", 1 << 20, true});
     runs.push_back({"pq4", 1 << 20, true});
     runs.push_back({"pq4w", 1 << 20, true});
+    runs.push_back({"pq4n", 1 << 20, true});
   }
   for (const Run& r : runs) {
     GpuLlamaOptions o;
     o.batch = batch;
     o.capacity = r.ctx + steps + 3;
     o.cache = r.cache == "f16" ? GpuCache::kF16 : GpuCache::kPQ;
-    o.pq_M = r.cache == "pq4" || r.cache == "pq4w" ? 64 : r.cache == "pq2" ? 32 : 0;
-    o.pq_window = r.cache == "pq4w" ? 128 : 0;
+    o.pq_M = r.cache == "pq4" || r.cache == "pq4w" || r.cache == "pq4n" ? 64 : r.cache == "pq2" ? 32 : 0;
+    o.pq_window = r.cache == "pq4w" || r.cache == "pq4n" ? 128 : 0;
+    o.pq_rotate = o.pq_k_channel_group = o.pq_v_token_norm = r.cache == "pq4n";
     o.cuda_graph = r.graph;
     const std::string name = std::string(r.cache == "f16"    ? "fp16"
                                          : r.cache == "pq4"  ? "pq 4-bit (M=64)"
                                          : r.cache == "pq4w" ? "pq 4-bit (M=64) + exact window 128, async encode"
+                                         : r.cache == "pq4n" ? "pq-norm 4-bit (rotation, K groups 128, V norms) + window 128"
                                                              : "pq 2-bit (M=32)") +
                              (r.graph ? ", graph" : ", eager launches");
     char line[600];

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -26,6 +27,8 @@
 #include "million/error.h"
 #include "pq/codebook.h"
 #include "pq/encode.h"
+#include "pq/normalize.h"
+#include "pq/rotation.h"
 
 namespace million::cuda {
 namespace {
@@ -39,6 +42,15 @@ struct Reference {
   bool pq = false;
   int M = 0;
   int window = 0;  // PQ: the newest `window` tokens read exact (fp16), older ones from codes
+  // The normalised variant (GpuLlamaOptions::pq_rotate / pq_k_channel_group / pq_v_token_norm):
+  // attention in the rotated space; coded keys from their channel-group's parameters
+  // (channel_group_params over the group's f32 rotated keys), coded values from their f16 norm.
+  bool rotate = false, kcg = false, vtn = false;
+  int group = 0;
+  std::vector<std::vector<float>> rot;                        // per layer [Hkv][hd][hd]
+  std::vector<std::vector<std::vector<float>>> kr, vr;        // [layer][head]: [t][hd] rotated f32
+  std::vector<std::vector<std::map<int, std::vector<float>>>> kdec, vdec;  // coded vectors, decoded
+  bool normed() const { return rotate || kcg || vtn; }
   LlamaHostCodebooks cb;
   std::vector<std::vector<float>> kc, vc;  // per layer [Hkv][t][hd] as attention reads them from the cache
   std::vector<std::vector<float>> kx, vx;  // the same, exact (fp16) — the PQ window's version
@@ -80,6 +92,122 @@ struct Reference {
     return out;
   }
 
+  // R x (or R^T x) for kv head h of layer l (double accumulation, rounded to f32 as the GPU keeps it).
+  std::vector<float> rotated(int l, int h, const float* x, bool transpose) const {
+    const int hd = s.head_dim;
+    if (!rotate) return std::vector<float>(x, x + hd);
+    const float* R = rot[static_cast<std::size_t>(l)].data() + static_cast<std::size_t>(h) * hd * hd;
+    std::vector<float> y(static_cast<std::size_t>(hd));
+    for (int i = 0; i < hd; ++i) {
+      double a = 0;
+      for (int j = 0; j < hd; ++j) a += static_cast<double>(transpose ? R[j * hd + i] : R[i * hd + j]) * x[j];
+      y[static_cast<std::size_t>(i)] = static_cast<float>(a);
+    }
+    return y;
+  }
+  std::vector<float> book(const std::vector<std::vector<float>>& books, int l, int h) const {
+    const std::size_t per = static_cast<std::size_t>(M) * 256 * (s.head_dim / M);
+    const auto& all = books[static_cast<std::size_t>(l)];
+    return std::vector<float>(all.begin() + static_cast<std::ptrdiff_t>(h * per), all.begin() + static_cast<std::ptrdiff_t>((h + 1) * per));
+  }
+  const std::vector<float>& coded_key(int l, int h, int t) {
+    auto& cache = kdec[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+    if (auto it = cache.find(t); it != cache.end()) return it->second;
+    const int hd = s.head_dim;
+    const auto& rows = kr[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+    const auto cen = book(cb.k, l, h);
+    if (!kcg) return cache[t] = pq_roundtrip(cen, rows.data() + static_cast<std::size_t>(t) * hd);
+    const int g0 = t / group * group;  // the whole group at once, as the GPU encodes it
+    std::vector<float> mn(static_cast<std::size_t>(hd)), rg(mn.size()), u(static_cast<std::size_t>(group) * hd);
+    channel_group_params(rows.data() + static_cast<std::size_t>(g0) * hd, group, hd, mn.data(), rg.data());
+    channel_group_normalize(rows.data() + static_cast<std::size_t>(g0) * hd, group, hd, mn.data(), rg.data(), u.data());
+    for (int r = 0; r < group; ++r) {
+      auto c = pq_roundtrip(cen, u.data() + static_cast<std::size_t>(r) * hd);
+      for (int i = 0; i < hd; ++i) c[static_cast<std::size_t>(i)] = mn[static_cast<std::size_t>(i)] + rg[static_cast<std::size_t>(i)] * c[static_cast<std::size_t>(i)];
+      cache[g0 + r] = c;
+    }
+    return cache[t];
+  }
+  const std::vector<float>& coded_value(int l, int h, int t) {
+    auto& cache = vdec[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+    if (auto it = cache.find(t); it != cache.end()) return it->second;
+    const int hd = s.head_dim;
+    const float* x = vr[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)].data() + static_cast<std::size_t>(t) * hd;
+    const auto cen = book(cb.v, l, h);
+    if (!vtn) return cache[t] = pq_roundtrip(cen, x);
+    const float n = token_norm_f16(x, hd);
+    std::vector<float> u(static_cast<std::size_t>(hd));
+    token_normalize(x, 1, hd, &n, u.data());
+    auto c = pq_roundtrip(cen, u.data());
+    for (auto& e : c) e *= n;
+    return cache[t] = c;
+  }
+  // One layer's attention and the rest of its block for the normalised variant.
+  void attend_normed(int l, int pos, const std::vector<double>& q, const std::vector<double>& k,
+                     const std::vector<double>& v, std::vector<double>& x) {
+    const int H = s.n_heads, Hkv = s.n_kv_heads, hd = s.head_dim, G = H / Hkv, qd = H * hd;
+    const auto& L = w.layers[static_cast<std::size_t>(l)];
+    if (kr.empty()) {
+      kr.assign(static_cast<std::size_t>(s.n_layers), std::vector<std::vector<float>>(static_cast<std::size_t>(Hkv)));
+      vr = kr;
+      kdec.assign(static_cast<std::size_t>(s.n_layers), std::vector<std::map<int, std::vector<float>>>(static_cast<std::size_t>(Hkv)));
+      vdec = kdec;
+    }
+    for (int h = 0; h < Hkv; ++h) {
+      std::vector<float> kf(static_cast<std::size_t>(hd)), vf(kf.size());
+      for (int i = 0; i < hd; ++i) {
+        kf[static_cast<std::size_t>(i)] = static_cast<float>(k[static_cast<std::size_t>(h * hd + i)]);
+        vf[static_cast<std::size_t>(i)] = static_cast<float>(v[static_cast<std::size_t>(h * hd + i)]);
+      }
+      const auto kk = rotated(l, h, kf.data(), false), vv = rotated(l, h, vf.data(), false);
+      auto& K = kr[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+      auto& V = vr[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+      K.insert(K.end(), kk.begin(), kk.end());
+      V.insert(V.end(), vv.begin(), vv.end());
+    }
+    const int first_exact = std::max(0, pos + 1 - window);
+    std::vector<float> att(static_cast<std::size_t>(qd));
+    for (int h = 0; h < H; ++h) {
+      const int kh = h / G;
+      std::vector<float> qf(static_cast<std::size_t>(hd));
+      for (int i = 0; i < hd; ++i) qf[static_cast<std::size_t>(i)] = static_cast<float>(q[static_cast<std::size_t>(h * hd + i)]);
+      const auto qq = rotated(l, kh, qf.data(), false);
+      std::vector<double> sc(static_cast<std::size_t>(pos + 1));
+      double mx = -1e300;
+      for (int t = 0; t <= pos; ++t) {
+        const float* kt = kr[static_cast<std::size_t>(l)][static_cast<std::size_t>(kh)].data() + static_cast<std::size_t>(t) * hd;
+        const std::vector<float>* coded = t < first_exact ? &coded_key(l, kh, t) : nullptr;
+        double d = 0;
+        for (int i = 0; i < hd; ++i) d += static_cast<double>(qq[static_cast<std::size_t>(i)]) * (coded ? (*coded)[static_cast<std::size_t>(i)] : hf(kt[i]));
+        sc[static_cast<std::size_t>(t)] = d / std::sqrt(static_cast<double>(hd));
+        mx = std::max(mx, sc[static_cast<std::size_t>(t)]);
+      }
+      double den = 0;
+      for (auto& e : sc) den += (e = std::exp(e - mx));
+      std::vector<double> o(static_cast<std::size_t>(hd), 0.0);
+      for (int t = 0; t <= pos; ++t) {
+        const float* vt = vr[static_cast<std::size_t>(l)][static_cast<std::size_t>(kh)].data() + static_cast<std::size_t>(t) * hd;
+        const std::vector<float>* coded = t < first_exact ? &coded_value(l, kh, t) : nullptr;
+        for (int i = 0; i < hd; ++i) o[static_cast<std::size_t>(i)] += sc[static_cast<std::size_t>(t)] * (coded ? (*coded)[static_cast<std::size_t>(i)] : hf(vt[i]));
+      }
+      std::vector<float> of(static_cast<std::size_t>(hd));
+      for (int i = 0; i < hd; ++i) of[static_cast<std::size_t>(i)] = static_cast<float>(o[static_cast<std::size_t>(i)] / den);
+      const auto back = rotated(l, kh, of.data(), true);
+      for (int i = 0; i < hd; ++i) att[static_cast<std::size_t>(h * hd + i)] = bf(back[static_cast<std::size_t>(i)]);
+    }
+    const auto ao = matvec(L.wo, att, s.hidden, qd);
+    for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] += static_cast<float>(ao[static_cast<std::size_t>(i)]);
+    const auto xb2 = norm(x, L.ffn_norm);
+    const auto g = matvec(L.w_gate, xb2, s.ffn, s.hidden), u = matvec(L.w_up, xb2, s.ffn, s.hidden);
+    std::vector<float> hb(static_cast<std::size_t>(s.ffn));
+    for (int i = 0; i < s.ffn; ++i) {
+      const double gi = static_cast<float>(g[static_cast<std::size_t>(i)]);
+      hb[static_cast<std::size_t>(i)] = bf(static_cast<float>(gi / (1 + std::exp(-gi)) * static_cast<float>(u[static_cast<std::size_t>(i)])));
+    }
+    const auto d = matvec(L.w_down, hb, s.hidden, s.ffn);
+    for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] += static_cast<float>(d[static_cast<std::size_t>(i)]);
+  }
+
   std::vector<double> step(int token, int pos) {
     const int H = s.n_heads, Hkv = s.n_kv_heads, hd = s.head_dim, G = H / Hkv;
     const int qd = H * hd, kd = Hkv * hd;
@@ -110,6 +238,10 @@ struct Reference {
       };
       rope(q, H);
       rope(k, Hkv);
+      if (normed()) {
+        attend_normed(l, pos, q, k, v, x);
+        continue;
+      }
       // Appends this token's K / V (as `coded` says: PQ round trip or fp16) to K, V [Hkv][t][hd].
       auto append = [&](std::vector<float>& K, std::vector<float>& V, bool coded) {
         std::vector<float> K2(static_cast<std::size_t>(Hkv) * (pos + 1) * hd), V2(K2.size());
@@ -245,13 +377,17 @@ LlamaHostWeights random_weights(const LlamaShape& s, std::mt19937& rng, float qk
 // that much relative — with the fp16 cache's query / key scale (scores of 10-20) two layers
 // amplified it to 7% of the logit scale once (seen on an H100), so the PQ cases use half that
 // scale. docs/cuda.md has the precision note.
+struct NormOpts {
+  bool rotate = false, kcg = false, vtn = false;
+  int group = 64;
+};
+
 void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int batch, std::uint32_t seed,
-              bool graph = true, int window = 0) {
+              bool graph = true, int window = 0, NormOpts nopt = {}, int steps = 23) {
   std::mt19937 rng(seed);
   LlamaShape sh = s;
   sh.rope_interleaved = interleaved;
   Reference ref{sh, random_weights(sh, rng, cache == GpuCache::kPQ ? 1.5f : 3.0f)};
-  const int steps = 23;
   GpuLlamaOptions o;
   o.batch = batch;
   o.capacity = steps;
@@ -259,12 +395,20 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
   o.pq_M = M;
   o.cuda_graph = graph;
   o.pq_window = window;
+  o.pq_rotate = nopt.rotate;
+  o.pq_k_channel_group = nopt.kcg;
+  o.pq_v_token_norm = nopt.vtn;
+  o.pq_norm_group = nopt.group;
   GpuLlama gpu(sh, o);
   gpu.upload_weights(ref.w);
   if (cache == GpuCache::kPQ) {
     ref.pq = true;
     ref.M = M;
     ref.window = window;
+    ref.rotate = nopt.rotate;
+    ref.kcg = nopt.kcg;
+    ref.vtn = nopt.vtn;
+    ref.group = nopt.group;
     std::uniform_real_distribution<float> u(-2.0f, 2.0f);
     for (int l = 0; l < sh.n_layers; ++l) {
       std::vector<float> k(static_cast<std::size_t>(sh.n_kv_heads) * sh.head_dim * 256), v(k.size());
@@ -272,7 +416,16 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
       for (auto& x : v) x = 0.5f * u(rng);
       ref.cb.k.push_back(k);
       ref.cb.v.push_back(v);
+      if (nopt.rotate) {  // the engine's seeded Hadamard rotations, one per kv head
+        std::vector<float> r;
+        for (int h = 0; h < sh.n_kv_heads; ++h) {
+          const auto R = hadamard_rotation(sh.head_dim, seed * 131u + static_cast<unsigned>(l * 17 + h));
+          r.insert(r.end(), R.begin(), R.end());
+        }
+        ref.cb.rotation.push_back(r);
+      }
     }
+    ref.rot = ref.cb.rotation;
     gpu.upload_codebooks(ref.cb);
   }
   // Every sequence of the batch gets its own tokens; the reference runs sequence 0 and the
@@ -304,8 +457,8 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
                                    << " step " << p << " sequence " << which;
     }
   }
-  std::printf("GpuLlama %s window %d head_dim %d GQA %d batch %d rope %s %s: worst logit error %.3g of the logit scale\n",
-              cache == GpuCache::kPQ ? "pq" : "f16", window, sh.head_dim, sh.n_heads / sh.n_kv_heads, batch,
+  std::printf("GpuLlama %s%s window %d head_dim %d GQA %d batch %d rope %s %s: worst logit error %.3g of the logit scale\n",
+              cache == GpuCache::kPQ ? "pq" : "f16", nopt.rotate || nopt.kcg || nopt.vtn ? "-norm" : "", window, sh.head_dim, sh.n_heads / sh.n_kv_heads, batch,
               interleaved ? "interleaved" : "half", graph ? "graph" : "eager", worst);
   EXPECT_THROW(gpu.step(toks[0]), InvalidArgumentError);  // the cache is full
   gpu.reset();  // an empty cache again: the first step's logits come back exactly
@@ -337,6 +490,17 @@ TEST(GpuLlama, PQWindowMatchesReference) {
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, true, 1, 22, /*graph=*/false, /*window=*/1);
   run_case(tiny(64, 2, 1), GpuCache::kPQ, 16, false, 1, 23, /*graph=*/true, /*window=*/1);
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 24, /*graph=*/true, /*window=*/23);
+}
+
+// The normalised variant (rotation, key channel-groups, value token norms; windows as large as
+// a group): 160 steps, so that two groups of 64 keys are encoded when they complete and read
+// from their codes once they leave the window. Each normalisation alone and all together.
+TEST(GpuLlama, PQNormalisedMatchesReference) {
+  NormOpts all{true, true, true, 64};
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 31, /*graph=*/true, /*window=*/64, all, 160);
+  run_case(tiny(64, 2, 1), GpuCache::kPQ, 32, true, 2, 32, /*graph=*/false, /*window=*/64, all, 150);
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 33, /*graph=*/true, /*window=*/64, {false, true, false, 64}, 140);
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 34, /*graph=*/true, /*window=*/8, {true, false, true, 64}, 40);
 }
 
 // The gutenberg-23m directory: $MILLION_GUTENBERG_DIR, ../shared/models/gutenberg-23m (a

@@ -142,6 +142,9 @@ struct PQEncodeArgs {
   /// If set, pos0 is read on the device when the kernel runs: *len_device - n_tokens (the
   /// cache's length after these tokens; CUDA graphs). pos0 above is then not used.
   const std::int64_t* len_device = nullptr;
+  /// With len_device: encode only when *len_device is a multiple of `every` (0: always) — a
+  /// group of tokens encoded when it completes, inside a graph that runs every step.
+  int every = 0;
 };
 /// Throws InvalidArgumentError for bad shapes (dsub not dividing, ksub not a power of two in
 /// [2, 256], tokens past capacity, M not a multiple of 8 for the mma orders); launches on `stream`.

@@ -120,6 +120,73 @@ __global__ void append_ring_kernel(const float* k, const float* v, __half* rk, _
   }
 }
 
+// y[row]_i = sum_j Mt[j][i] x[row]_j with Mt of row = mt + ((row / div) % n_kv) * hd * hd (div: the
+// GQA group for query / output rows, 1 for key / value rows): Mt = R^T rotates (y = R x), Mt = R
+// rotates back (y = R^T x). A thread per output reads Mt column-wise: consecutive threads,
+// consecutive addresses. One block per row, hd threads.
+__global__ void rotate_kernel(const float* x, float* y, const float* mt, int div, int n_kv, int hd) {
+  __shared__ float sx[128];
+  const std::int64_t row = blockIdx.x;
+  const float* Mt = mt + static_cast<std::int64_t>((row / div) % n_kv) * hd * hd;
+  for (int j = threadIdx.x; j < hd; j += blockDim.x) sx[j] = x[row * hd + j];
+  __syncthreads();
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float a = 0.0f;
+    for (int j = 0; j < hd; ++j) a = fmaf(Mt[j * hd + i], sx[j], a);
+    y[row * hd + i] = a;
+  }
+}
+
+__device__ __forceinline__ float round_f16(float x) {  // as pq/normalize.cpp: clamped to the f16 range
+  return __half2float(__float2half_rn(fminf(fmaxf(x, -65504.0f), 65504.0f)));
+}
+
+// Value token norms (token_norm_f16 / token_normalize of pq/normalize.cpp): the norm of each
+// row v [B * Hkv, hd] rounded to f16, stored at the new token's position, u = v * (1 / norm).
+__global__ void vnorm_kernel(const float* v, float* u, __half* norms, std::int64_t capacity, const std::int64_t* len,
+                             int hd) {
+  __shared__ double red[32];
+  const std::int64_t sh = blockIdx.x;
+  double ss = 0.0;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += static_cast<double>(v[sh * hd + i]) * v[sh * hd + i];
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  double tot = 0.0;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) tot += red[w];
+  const float nrm = round_f16(static_cast<float>(sqrt(tot)));
+  if (threadIdx.x == 0) norms[sh * capacity + *len - 1] = __float2half_rn(nrm);
+  const float inv = nrm > 0.0f ? 1.0f / nrm : 0.0f;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) u[sh * hd + i] = v[sh * hd + i] * inv;
+}
+
+// Keys into the current channel-group's staging rows gbuf [B * Hkv, group, hd] at slot (len - 1) % group.
+__global__ void kgroup_stage_kernel(const float* k, float* gbuf, int group, const std::int64_t* len, int hd) {
+  const std::int64_t sh = blockIdx.x, slot = (*len - 1) % group;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) gbuf[(sh * group + slot) * hd + i] = k[sh * hd + i];
+}
+
+// When a group completes (len a multiple of group): per channel min and range over its tokens
+// (channel_group_params of pq/normalize.cpp, f16 values) into params [B * Hkv, n_groups, 2, hd],
+// and u = (x - min) / range into uk [B * Hkv, group, hd] for the encoder. One block per
+// (sequence, kv head), a thread per channel.
+__global__ void kgroup_kernel(const float* gbuf, __half* params, float* uk, int group, std::int64_t n_groups,
+                              const std::int64_t* len, int hd) {
+  if (*len % group != 0) return;
+  const std::int64_t sh = blockIdx.x, g = *len / group - 1;
+  for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+    const float* x = gbuf + sh * group * hd + c;
+    float lo = x[0], hi = lo;
+    for (int t = 1; t < group; ++t) lo = fminf(lo, x[t * hd]), hi = fmaxf(hi, x[t * hd]);
+    const float m = round_f16(lo);
+    float r = round_f16(fmaxf(0.0f, hi - m));
+    if (m + r < hi && r < 65504.0f) r = __half2float(__ushort_as_half(static_cast<unsigned short>(__half_as_ushort(__float2half_rn(r)) + 1)));
+    params[((sh * n_groups + g) * 2 + 0) * hd + c] = __float2half_rn(m);
+    params[((sh * n_groups + g) * 2 + 1) * hd + c] = __float2half_rn(r);
+    for (int t = 0; t < group; ++t) uk[(sh * group + t) * hd + c] = r > 0.0f ? (x[t * hd] - m) / r : 0.0f;
+  }
+}
+
 template <typename T>
 __global__ void to_act_kernel(const float* x, T* y, std::int64_t n) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) {
@@ -168,6 +235,18 @@ __global__ void fill_random_kernel(T* p, std::int64_t n, std::uint64_t seed, flo
   }
 }
 
+__global__ void fill_half_kernel(__half* p, std::int64_t n, float v) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) p[i] = __float2half(v);
+}
+
+__global__ void identity_kernel(float* r, int n_mats, int hd) {  // n_mats [hd, hd] identity matrices
+  const std::int64_t n = static_cast<std::int64_t>(n_mats) * hd * hd;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) {
+    const std::int64_t e = i % (static_cast<std::int64_t>(hd) * hd);
+    r[i] = e / hd == e % hd ? 1.0f : 0.0f;
+  }
+}
+
 __global__ void fill_const_kernel(float* p, std::int64_t n, float v) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<std::int64_t>(blockDim.x)) p[i] = v;
 }
@@ -212,7 +291,14 @@ struct GpuLlama::Impl {
     void *kc, *vc;                  // fp16 K / V, or PQ key / value codes
     __half *cbk16, *cbv16;          // PQ codebooks for attention
     float *cbk32, *cbv32;           // and for the encoder
-    __half *ring_k, *ring_v;        // PQ window: [B * n_kv, window, head_dim] fp16
+    __half *ring_k, *ring_v;        // PQ window: [B * n_kv, window, head_dim] fp16 (rotated when pq_rotate)
+    float* rot = nullptr;           // pq_rotate: R [n_kv, head_dim, head_dim] (rotates back: y = R^T x)
+    float* rot_t = nullptr;         // pq_rotate: R^T, same layout (rotates: y = R x)
+    __half* vnorm = nullptr;        // pq_v_token_norm: [B * n_kv, capacity] f16
+    __half* kgp = nullptr;          // pq_k_channel_group: [B * n_kv, n_groups, 2, head_dim] f16 (min, range)
+    float* gbuf = nullptr;          // pq_k_channel_group: the current group's keys [B * n_kv, group, head_dim]
+    float* uk = nullptr;            // pq_k_channel_group: normalised group [B * n_kv, group, head_dim]
+    float* uv = nullptr;            // pq_v_token_norm: normalised value [B * n_kv, head_dim]
     float *stage_k, *stage_v;       // PQ window: this step's K / V [B * n_kv, head_dim] f32 (side-stream encoder input)
     cudaEvent_t staged = nullptr;   // PQ window: K / V staged, the side stream may encode
   };
@@ -228,6 +314,8 @@ struct GpuLlama::Impl {
   void* blas_ws = nullptr;
   int dense_splits = 0, pq_splits = 0;  // chosen for the capacity (the kernels skip empty splits)
   cudaGraphExec_t graph = nullptr;
+  float *qr = nullptr, *att_r = nullptr;  // pq_rotate: rotated queries / outputs [B, n_heads, head_dim]
+  void* norm_mem = nullptr;         // one allocation for the normalised variant's buffers
   cudaStream_t side = nullptr;      // PQ window: the encoder's stream
   cudaEvent_t joined = nullptr;     // PQ window: the side stream's work of this step is done
 
@@ -247,6 +335,7 @@ struct GpuLlama::Impl {
     cudaFree(weights);
     cudaFree(cache);
     cudaFree(work);
+    cudaFree(norm_mem);
   }
 };
 
@@ -276,6 +365,20 @@ std::int64_t work_bytes(const LlamaShape& s, int B, int splits_max, bool f32_wei
 
 }  // namespace
 
+// The normalised variant's buffers (Impl::Layer's rot .. uv, Impl's qr / att_r), all layers.
+static std::int64_t norm_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
+  if (o.cache != GpuCache::kPQ) return 0;
+  const std::int64_t sh = static_cast<std::int64_t>(o.batch) * s.n_kv_heads, hd = s.head_dim, g = o.pq_norm_group;
+  std::int64_t layer = 0, global = 0;
+  if (o.pq_rotate) {
+    layer += 2 * 4ll * s.n_kv_heads * hd * hd;
+    global += 2ll * 4 * o.batch * s.n_heads * hd;
+  }
+  if (o.pq_v_token_norm) layer += 2 * sh * o.capacity + 4 * sh * hd;
+  if (o.pq_k_channel_group) layer += 2 * sh * ((o.capacity + g - 1) / g) * 2 * hd + 2 * 4 * sh * g * hd;
+  return s.n_layers * layer + global;
+}
+
 std::int64_t GpuLlama::weight_bytes(const LlamaShape& s, bool f32_weights) {
   const Sizes z = sizes(s);
   return (f32_weights ? 4 : 2) * z.weights_elems + 4 * z.norms;
@@ -285,7 +388,7 @@ std::int64_t GpuLlama::cache_bytes(const LlamaShape& s, const GpuLlamaOptions& o
   const std::int64_t rows = static_cast<std::int64_t>(o.batch) * s.n_kv_heads * o.capacity;
   if (o.cache == GpuCache::kF16) return s.n_layers * 2 * rows * s.head_dim * 2;
   const std::int64_t window = o.pq_window > 0 ? 2ll * o.batch * s.n_kv_heads * (o.pq_window * 2ll + 4) * s.head_dim : 0;
-  return s.n_layers * (2 * rows * o.pq_M + 2 * codebook_elems(s) * (2 + 4) + window);
+  return s.n_layers * (2 * rows * o.pq_M + 2 * codebook_elems(s) * (2 + 4) + window) + norm_bytes(s, o);
 }
 
 GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : shape_(shape), opt_(options) {
@@ -303,6 +406,13 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
     if (dsub != 2 && dsub != 4) throw InvalidArgumentError("GpuLlama: PQ cache needs M = head_dim / 2 or head_dim / 4");
     if (opt_.pq_window < 0 || opt_.pq_window > opt_.capacity) {
       throw InvalidArgumentError("GpuLlama: pq_window must be in [0, capacity]");
+    }
+    if ((opt_.pq_rotate || opt_.pq_k_channel_group || opt_.pq_v_token_norm) && opt_.pq_window < 1) {
+      throw InvalidArgumentError("GpuLlama: the normalised PQ variant needs an exact window (pq_window > 0)");
+    }
+    if (opt_.pq_k_channel_group && (opt_.pq_norm_group < 64 || opt_.pq_norm_group % 64 != 0 ||
+                                    opt_.pq_window < opt_.pq_norm_group)) {
+      throw InvalidArgumentError("GpuLlama: key channel-groups need pq_norm_group a multiple of 64 and pq_window >= it");
     }
   }
   impl_ = std::make_unique<Impl>();
@@ -388,6 +498,37 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
           L.stage_v = L.stage_k + st;
           cp += 2 * rw * 2 + 2 * st * 4;
           check(cudaEventCreateWithFlags(&L.staged, cudaEventDisableTiming), "cudaEventCreate");
+        }
+      }
+    }
+    if (const std::int64_t nb = norm_bytes(s, opt_); nb > 0) {  // the normalised variant's buffers
+      const std::int64_t slack = 16ll * (7 * s.n_layers + 2);  // each buffer starts 16-byte aligned
+      check(cudaMalloc(&m.norm_mem, static_cast<std::size_t>(nb + slack)), "cudaMalloc(normalisation buffers)");
+      unsigned char* np8 = static_cast<unsigned char*>(m.norm_mem);
+      auto takeb = [&](std::int64_t bytes) {
+        void* p = np8;
+        np8 += (bytes + 15) / 16 * 16;
+        return p;
+      };
+      const std::int64_t shn = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads, hd = s.head_dim;
+      const std::int64_t g = opt_.pq_norm_group, n_groups = (opt_.capacity + g - 1) / g;
+      if (opt_.pq_rotate) {
+        m.qr = static_cast<float*>(takeb(4ll * opt_.batch * s.n_heads * hd));
+        m.att_r = static_cast<float*>(takeb(4ll * opt_.batch * s.n_heads * hd));
+      }
+      for (auto& L : m.layers) {
+        if (opt_.pq_rotate) {
+          L.rot = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
+          L.rot_t = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
+        }
+        if (opt_.pq_v_token_norm) {
+          L.vnorm = static_cast<__half*>(takeb(2 * shn * opt_.capacity));
+          L.uv = static_cast<float*>(takeb(4 * shn * hd));
+        }
+        if (opt_.pq_k_channel_group) {
+          L.kgp = static_cast<__half*>(takeb(2 * shn * n_groups * 2 * hd));
+          L.gbuf = static_cast<float*>(takeb(4 * shn * g * hd));
+          L.uk = static_cast<float*>(takeb(4 * shn * g * hd));
         }
       }
     }
@@ -524,6 +665,10 @@ void GpuLlama::init_random(std::uint64_t seed) {
       fill_random_kernel<float><<<grid_for(e), 256, 0, stream_>>>(L.cbv32, e, seed++, 1.0f);
       f32_to_f16_kernel<<<grid_for(e), 256, 0, stream_>>>(L.cbk32, L.cbk16, e);
       f32_to_f16_kernel<<<grid_for(e), 256, 0, stream_>>>(L.cbv32, L.cbv16, e);
+      if (L.rot) {  // a valid rotation
+        identity_kernel<<<grid_for(e), 256, 0, stream_>>>(L.rot, s.n_kv_heads, s.head_dim);
+        identity_kernel<<<grid_for(e), 256, 0, stream_>>>(L.rot_t, s.n_kv_heads, s.head_dim);
+      }
     }
   }
   check(cudaGetLastError(), "random weights");
@@ -548,6 +693,24 @@ void GpuLlama::upload_codebooks(const LlamaHostCodebooks& cb) {
                        cudaMemcpyHostToDevice),
             "codebooks");
     }
+    if (opt_.pq_rotate) {
+      const std::size_t want = static_cast<std::size_t>(shape_.n_kv_heads) * shape_.head_dim * shape_.head_dim;
+      if (cb.rotation.size() != static_cast<std::size_t>(shape_.n_layers) || cb.rotation[static_cast<std::size_t>(l)].size() != want) {
+        throw InvalidArgumentError("GpuLlama::upload_codebooks: pq_rotate needs one [n_kv_heads, head_dim, head_dim] rotation per layer");
+      }
+      const std::vector<float>& R = cb.rotation[static_cast<std::size_t>(l)];
+      std::vector<float> Rt(R.size());
+      const int hd = shape_.head_dim;
+      for (int h = 0; h < shape_.n_kv_heads; ++h) {
+        for (int i = 0; i < hd; ++i) {
+          for (int j = 0; j < hd; ++j) {
+            Rt[(static_cast<std::size_t>(h) * hd + j) * hd + i] = R[(static_cast<std::size_t>(h) * hd + i) * hd + j];
+          }
+        }
+      }
+      check(cudaMemcpy(L.rot, R.data(), want * 4, cudaMemcpyHostToDevice), "rotations");
+      check(cudaMemcpy(L.rot_t, Rt.data(), want * 4, cudaMemcpyHostToDevice), "rotations");
+    }
   }
 }
 
@@ -565,6 +728,14 @@ void GpuLlama::fill_cache_random(std::int64_t n, std::uint64_t seed) {
         const std::int64_t e = seqs * opt_.capacity * opt_.pq_M;
         fill_random_kernel<std::uint8_t><<<grid_for(e), 256, 0, stream_>>>(static_cast<std::uint8_t*>(c), e, seed++, 0.0f);
       }
+    }
+    if (L.vnorm) {  // synthetic tokens: unit norms, channel-groups of min 0.5 and range 0.5
+      const std::int64_t e = seqs * opt_.capacity;
+      fill_half_kernel<<<grid_for(e), 256, 0, stream_>>>(L.vnorm, e, 1.0f);
+    }
+    if (L.kgp) {
+      const std::int64_t g = opt_.pq_norm_group, e = seqs * ((opt_.capacity + g - 1) / g) * 2 * shape_.head_dim;
+      fill_half_kernel<<<grid_for(e), 256, 0, stream_>>>(L.kgp, e, 0.5f);
     }
     if (opt_.cache == GpuCache::kPQ && opt_.pq_window > 0) {
       const std::int64_t e = seqs * opt_.pq_window * shape_.head_dim;
@@ -681,28 +852,60 @@ void GpuLlama::enqueue_step() {
       e.len_device = m.len;
       cudaStream_t enc = stream_;
       const float *ek = m.k, *ev = m.v;
+      const int G = s.n_heads / s.n_kv_heads, rows_kv = B * s.n_kv_heads;
       if (win) {  // the new token into the exact window now; its codes on the side stream
-        append_ring_kernel<<<B * s.n_kv_heads, s.head_dim, 0, stream_>>>(m.k, m.v, L.ring_k, L.ring_v, opt_.pq_window,
-                                                                         m.len, s.head_dim);
         const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(B) * z.kv;
-        check(cudaMemcpyAsync(L.stage_k, m.k, bytes, cudaMemcpyDeviceToDevice, stream_), "stage K");
-        check(cudaMemcpyAsync(L.stage_v, m.v, bytes, cudaMemcpyDeviceToDevice, stream_), "stage V");
+        if (opt_.pq_rotate) {  // staged rotated: the window and the codes live in the codebooks' space
+          rotate_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(m.k, L.stage_k, L.rot_t, 1, s.n_kv_heads, s.head_dim);
+          rotate_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(m.v, L.stage_v, L.rot_t, 1, s.n_kv_heads, s.head_dim);
+        } else {
+          check(cudaMemcpyAsync(L.stage_k, m.k, bytes, cudaMemcpyDeviceToDevice, stream_), "stage K");
+          check(cudaMemcpyAsync(L.stage_v, m.v, bytes, cudaMemcpyDeviceToDevice, stream_), "stage V");
+        }
+        append_ring_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(L.stage_k, L.stage_v, L.ring_k, L.ring_v,
+                                                                opt_.pq_window, m.len, s.head_dim);
         check(cudaEventRecord(L.staged, stream_), "cudaEventRecord");
         check(cudaStreamWaitEvent(m.side, L.staged, 0), "cudaStreamWaitEvent");
         enc = m.side;
         ek = L.stage_k;
         ev = L.stage_v;
+        if (opt_.pq_v_token_norm) {
+          vnorm_kernel<<<rows_kv, 128, 0, enc>>>(L.stage_v, L.uv, L.vnorm, opt_.capacity, m.len, s.head_dim);
+          ev = L.uv;
+        }
       }
-      e.x = ek;
-      e.centroids = L.cbk32;
-      e.codes = static_cast<std::uint8_t*>(L.kc);
-      e.order = PQCodeOrder::kMmaKeys;
-      pq_encode(e, enc);
+      if (opt_.pq_k_channel_group) {  // a group's keys are encoded together once it completes
+        const int g = opt_.pq_norm_group;
+        kgroup_stage_kernel<<<rows_kv, s.head_dim, 0, enc>>>(L.stage_k, L.gbuf, g, m.len, s.head_dim);
+        kgroup_kernel<<<rows_kv, s.head_dim, 0, enc>>>(L.gbuf, L.kgp, L.uk, g, (opt_.capacity + g - 1) / g, m.len,
+                                                       s.head_dim);
+        PQEncodeArgs ge = e;
+        ge.n_tokens = g;
+        ge.every = g;
+        ge.x = L.uk;
+        ge.centroids = L.cbk32;
+        ge.codes = static_cast<std::uint8_t*>(L.kc);
+        ge.order = PQCodeOrder::kMmaKeys;
+        pq_encode(ge, enc);
+      } else {
+        e.x = ek;
+        e.centroids = L.cbk32;
+        e.codes = static_cast<std::uint8_t*>(L.kc);
+        e.order = PQCodeOrder::kMmaKeys;
+        pq_encode(e, enc);
+      }
       e.x = ev;
       e.centroids = L.cbv32;
       e.codes = static_cast<std::uint8_t*>(L.vc);
       e.order = PQCodeOrder::kMmaValues;
       pq_encode(e, enc);
+      const float* qa = m.q;
+      float* out = m.att;
+      if (opt_.pq_rotate) {
+        rotate_kernel<<<B * s.n_heads, s.head_dim, 0, stream_>>>(m.q, m.qr, L.rot_t, G, s.n_kv_heads, s.head_dim);
+        qa = m.qr;
+        out = m.att_r;
+      }
       PQDecodeArgs a;
       a.shape = ds;
       a.M = opt_.pq_M;
@@ -712,19 +915,27 @@ void GpuLlama::enqueue_step() {
       a.cb_k = L.cbk16;
       a.cb_v = L.cbv16;
       a.cb_k_head_stride = a.cb_v_head_stride = codebook_elems(s) / s.n_kv_heads;
-      a.q = m.q;
-      a.out = m.att;
+      a.q = qa;
+      a.out = out;
       a.scale = scale;
       a.kernel = PQKernel::kMma;
       a.n_tokens_device = m.len;
+      if (opt_.pq_v_token_norm) a.v_token_norm = L.vnorm;
+      if (opt_.pq_k_channel_group) {
+        a.k_group_params = L.kgp;
+        a.norm_group = opt_.pq_norm_group;
+      }
       if (win) {
         a.n_tokens_device_minus = opt_.pq_window;  // codes: all but the window's tokens
         DenseDecodeArgs w{{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.pq_window, opt_.pq_window}, L.ring_k, L.ring_v,
-                          m.q, m.att, scale};
+                          qa, out, scale};
         w.n_tokens_device = m.len;  // clamped to the window
         pq_window_decode_attention(a, w, m.ws, m.pq_splits, stream_);
       } else {
         pq_decode_attention(a, m.ws, m.pq_splits, stream_);
+      }
+      if (opt_.pq_rotate) {  // the output back from the codebooks' space
+        rotate_kernel<<<B * s.n_heads, s.head_dim, 0, stream_>>>(m.att_r, m.att, L.rot, G, s.n_kv_heads, s.head_dim);
       }
     }
     if (m.f32) {

@@ -54,6 +54,15 @@ struct GpuLlamaOptions {
   /// Weights and GEMM inputs in f32 (4 bytes a weight) instead of bf16: the CPU engine's
   /// precision, for checks against its outputs; bf16 is the fast path.
   bool f32_weights = false;
+  /// PQ, the normalised variant of the CPU engine's default codebooks (src/pq/normalize.h; needs
+  /// pq_window > 0): vectors rotated by the codebooks' per-(layer, kv head) matrices (queries
+  /// too, outputs back), keys min/max-normalised per channel over groups of pq_norm_group
+  /// tokens (a group is encoded on the side stream when it completes: pq_window must hold a
+  /// whole group), values divided by their f16 norm.
+  bool pq_rotate = false;
+  bool pq_k_channel_group = false;
+  bool pq_v_token_norm = false;
+  int pq_norm_group = 128;
 };
 
 /// Host-side weights in f32 (rounded to bf16 on upload), Hugging Face layouts: matrices [out, in].
@@ -76,6 +85,8 @@ LlamaHostWeights load_llama2c(const std::string& path, LlamaShape& shape);
 /// PQ codebooks per layer for the PQ cache: K and V, [n_kv_heads, M, 256, dsub] f32 each.
 struct LlamaHostCodebooks {
   std::vector<std::vector<float>> k, v;
+  /// pq_rotate: per layer [n_kv_heads, head_dim, head_dim] row-major orthogonal R (rotated = R x).
+  std::vector<std::vector<float>> rotation;
 };
 
 class GpuLlama {

@@ -5,6 +5,7 @@
 // (the caller's kernels), packing 4-bit codes.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -23,7 +24,7 @@ __device__ __forceinline__ int code_pos(int m, int M, PQCodeOrder order) {
   return m;
 }
 
-// One block per (sequence x kv head, token, subspace), one thread per centroid: the distances
+// A block per (sequence x kv head, token, subspace) at a time, one thread per centroid: the distances
 // in parallel (coalesced centroid loads), then an argmin over the block (ties and NaN as the
 // reference: the lowest index among the smallest finite distances, code 0 when none is).
 // A decode step encodes a handful of rows: this keeps it at one short launch instead of a
@@ -32,43 +33,47 @@ template <int DSUB>
 __global__ void __launch_bounds__(kThreads) pq_encode_kernel(PQEncodeArgs a) {
   __shared__ float sd[kThreads / 32];
   __shared__ int si[kThreads / 32];
-  const std::int64_t blk = blockIdx.x;  // (row, m)
-  const int m = static_cast<int>(blk % a.M);
-  const std::int64_t row = blk / a.M;  // (sequence x kv head) * n_tokens + token
-  const int sh = static_cast<int>(row / a.n_tokens), tok = static_cast<int>(row % a.n_tokens);
-  const int c = threadIdx.x;
-  float d = INFINITY;
-  if (c < a.ksub) {
-    const float* cen = a.centroids + (sh % a.n_kv_heads) * a.cb_head_stride +
-                       (static_cast<std::int64_t>(m) * a.ksub + c) * DSUB;
-    const float* x = a.x + row * a.head_dim + m * DSUB;
-    d = 0.0f;
+  if (a.every > 0 && *a.len_device % a.every != 0) return;  // the whole block: no group completed
+  const std::int64_t total = static_cast<std::int64_t>(a.n_seq_heads) * a.n_tokens * a.M;
+  for (std::int64_t blk = blockIdx.x; blk < total; blk += gridDim.x) {  // (row, m)
+    const int m = static_cast<int>(blk % a.M);
+    const std::int64_t row = blk / a.M;  // (sequence x kv head) * n_tokens + token
+    const int sh = static_cast<int>(row / a.n_tokens), tok = static_cast<int>(row % a.n_tokens);
+    const int c = threadIdx.x;
+    float d = INFINITY;
+    if (c < a.ksub) {
+      const float* cen = a.centroids + (sh % a.n_kv_heads) * a.cb_head_stride +
+                         (static_cast<std::int64_t>(m) * a.ksub + c) * DSUB;
+      const float* x = a.x + row * a.head_dim + m * DSUB;
+      d = 0.0f;
 #pragma unroll
-    for (int j = 0; j < DSUB; ++j) {
-      const float t = x[j] - cen[j];
-      d = fmaf(t, t, d);
+      for (int j = 0; j < DSUB; ++j) {
+        const float t = x[j] - cen[j];
+        d = fmaf(t, t, d);
+      }
+      if (!(d <= INFINITY)) d = INFINITY;  // NaN never wins
     }
-    if (!(d <= INFINITY)) d = INFINITY;  // NaN never wins
-  }
-  int idx = c;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float d2 = __shfl_xor_sync(0xffffffffu, d, o);
-    const int i2 = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (d2 < d || (d2 == d && i2 < idx)) d = d2, idx = i2;
-  }
-  const int warp = threadIdx.x >> 5;
-  if ((threadIdx.x & 31) == 0) sd[warp] = d, si[warp] = idx;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float best = sd[0];
-    int best_c = si[0];
-    for (int w = 1; w < kThreads / 32; ++w) {
-      if (sd[w] < best || (sd[w] == best && si[w] < best_c)) best = sd[w], best_c = si[w];
+    int idx = c;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float d2 = __shfl_xor_sync(0xffffffffu, d, o);
+      const int i2 = __shfl_xor_sync(0xffffffffu, idx, o);
+      if (d2 < d || (d2 == d && i2 < idx)) d = d2, idx = i2;
     }
-    if (best == INFINITY) best_c = 0;  // every distance NaN or infinite: code 0, as the reference
-    const std::int64_t pos0 = a.len_device ? *a.len_device - a.n_tokens : a.pos0;
-    a.codes[(static_cast<std::int64_t>(sh) * a.capacity + pos0 + tok) * a.M + code_pos(m, a.M, a.order)] =
-        static_cast<std::uint8_t>(best_c);
+    const int warp = threadIdx.x >> 5;
+    if ((threadIdx.x & 31) == 0) sd[warp] = d, si[warp] = idx;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float best = sd[0];
+      int best_c = si[0];
+      for (int w = 1; w < kThreads / 32; ++w) {
+        if (sd[w] < best || (sd[w] == best && si[w] < best_c)) best = sd[w], best_c = si[w];
+      }
+      if (best == INFINITY) best_c = 0;  // every distance NaN or infinite: code 0, as the reference
+      const std::int64_t pos0 = a.len_device ? *a.len_device - a.n_tokens : a.pos0;
+      a.codes[(static_cast<std::int64_t>(sh) * a.capacity + pos0 + tok) * a.M + code_pos(m, a.M, a.order)] =
+          static_cast<std::uint8_t>(best_c);
+    }
+    __syncthreads();  // sd / si are reused by the next (row, m)
   }
 }
 
@@ -86,6 +91,9 @@ void pq_encode(const PQEncodeArgs& a, cudaStream_t stream) {
   if (a.ksub < 2 || a.ksub > 256 || (a.ksub & (a.ksub - 1)) != 0) {
     throw InvalidArgumentError("CUDA PQ encode: ksub must be a power of two in [2, 256]");
   }
+  if (a.every < 0 || (a.every > 0 && !a.len_device)) {
+    throw InvalidArgumentError("CUDA PQ encode: `every` needs len_device");
+  }
   if (a.order != PQCodeOrder::kTokenMajor && a.M % 8 != 0) {
     throw InvalidArgumentError("CUDA PQ encode: the mma code orders need M a multiple of 8");
   }
@@ -95,8 +103,9 @@ void pq_encode(const PQEncodeArgs& a, cudaStream_t stream) {
   }
   const std::int64_t total = static_cast<std::int64_t>(a.n_seq_heads) * a.n_tokens * a.M;  // blocks
   if (total == 0) return;
-  if (total > 0x7fffffff) throw InvalidArgumentError("CUDA PQ encode: too many rows for one launch");
-  const dim3 grid(static_cast<unsigned>(total));
+  // At most 4096 blocks, each looping over its (row, subspace) pairs: a group encoder that runs
+  // every step but works only when a group completes (`every`) costs a short launch otherwise.
+  const dim3 grid(static_cast<unsigned>(std::min<std::int64_t>(total, 4096)));
   switch (dsub) {
     case 1: pq_encode_kernel<1><<<grid, kThreads, 0, stream>>>(a); break;
     case 2: pq_encode_kernel<2><<<grid, kThreads, 0, stream>>>(a); break;
