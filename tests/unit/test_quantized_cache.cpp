@@ -12,8 +12,11 @@
 #include <random>
 
 #include "common/compare.h"
+#include "common/test_paths.h"
 #include "million/error.h"
 #include "model/kv/pq_store.h"
+#include "model/kv/quantized_cache.h"
+#include "pq/codebook_file.h"
 #include "pq/rotation.h"
 
 namespace million {
@@ -258,6 +261,59 @@ TEST(PqCache, ReportsBitsAndRejectsMismatchedCodebooks) {
   EXPECT_DOUBLE_EQ(make_pq_cache(shape, set, opt, "pq")->bits_per_element(), 3.0 + 163.0 * 32.0 / 4096.0);
   auto wrong = random_codebooks(3, 2, 128, {64, 8}, {64, 8}, RotationKind::kNone, 1);
   EXPECT_THROW(make_pq_cache(shape, wrong, opt, "pq"), FormatError);
+}
+
+// A codebook that normalises K or V (pq-norm) makes the cache keep the first
+// kPqNormDefaultSinks positions exact unless `sinks` is given; other codebooks keep none. Seen
+// through the coded token count in stress mode (window 0: every token past the sinks is coded
+// once a store block is whole; channel-group keys code blocks of `group` tokens).
+TEST(PqCache, NormalisedCodebooksDefaultToExactSinks) {
+  KVCacheShape shape;
+  shape.n_layers = 1;
+  shape.n_heads = 2;
+  shape.n_kv_heads = 1;
+  shape.head_dim = 64;
+  shape.capacity = 256;
+  const int group = 64;
+  const std::string dir = test::temp_dir();
+  save_codebooks(*random_codebooks(1, 1, 64, {32, 8}, {32, 8}, RotationKind::kHadamard, 3, VectorNorm::kChannelGroup,
+                                   VectorNorm::kToken, group),
+                 dir + "/norm.cb");
+  save_codebooks(*random_codebooks(1, 1, 64, {32, 8}, {32, 8}, RotationKind::kHadamard, 3), dir + "/plain.cb");
+  save_codebooks(*random_codebooks(1, 1, 64, {32, 8}, {32, 8}, RotationKind::kNone, 3, VectorNorm::kNone,
+                                   VectorNorm::kToken),
+                 dir + "/vnorm.cb");
+  std::mt19937 rng(4);
+  std::normal_distribution<float> dist;
+  std::vector<float> k(128 * 64), v(k.size());
+  for (auto& x : k) x = dist(rng);
+  for (auto& x : v) x = dist(rng);
+  // Tokens coded after appending 128 tokens in stress mode.
+  auto coded = [&](const std::string& spec, const std::string& cb) {
+    auto cache = make_kv_cache(spec, shape, {dir + "/" + cb, nullptr});
+    cache->append(0, 0, 128, k.data(), v.data());
+    cache->commit(128);
+    return dynamic_cast<QuantizedKVCache&>(*cache).coded_tokens(0);
+  };
+  ASSERT_EQ(kPqNormDefaultSinks, 4);
+  EXPECT_EQ(coded("pq:window=0", "norm.cb"), 64);             // 4 exact, 124 left: one whole key group coded
+  EXPECT_EQ(coded("pq:window=0,sinks=4", "norm.cb"), 64);
+  EXPECT_EQ(coded("pq:window=0,sinks=0", "norm.cb"), 128);    // explicit 0: both groups coded
+  EXPECT_EQ(coded("pq:window=0", "vnorm.cb"), 124);           // token norms only: blocks of 1 token
+  EXPECT_EQ(coded("pq:window=0", "plain.cb"), 128);           // no normalisation: no sinks
+  EXPECT_EQ(coded("pq:window=0,sinks=4", "plain.cb"), 124);
+  // The sinks are counted as exact f32 tokens in bits_per_element, like the window.
+  auto bits = [&](const std::string& spec, const std::string& cb) {
+    return make_kv_cache(spec, shape, {dir + "/" + cb, nullptr})->bits_per_element();
+  };
+  EXPECT_DOUBLE_EQ(bits("pq", "norm.cb"), bits("pq:sinks=4", "norm.cb"));
+  EXPECT_GT(bits("pq", "norm.cb"), bits("pq:sinks=0", "norm.cb"));
+  EXPECT_DOUBLE_EQ(bits("pq", "plain.cb"), bits("pq:sinks=0", "plain.cb"));
+  // Keys and values in different formats: the pq side's codebook decides.
+  auto mixed = make_kv_cache("pq:window=0", "f16", shape, {dir + "/norm.cb", nullptr});
+  mixed->append(0, 0, 128, k.data(), v.data());
+  mixed->commit(128);
+  EXPECT_EQ(dynamic_cast<QuantizedKVCache&>(*mixed).coded_tokens(0), 64);
 }
 
 // The baselines through the same cache: attention equals dense attention over their own

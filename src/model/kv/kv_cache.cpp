@@ -47,8 +47,9 @@ void KVCache::check_range(int layer, std::int64_t pos0, int n) const {
 
 std::string kv_cache_names() {
   return "f32, f16, q8_0, q4_0, q4_0-hadamard, kivi-4, kivi-2, pq (needs --codebook), pq-paper (needs a shared "
-         "--codebook); options name:window=128,batch=32,sinks=0,async=1 for the quantized ones, plus group=32 "
-         "(kivi) and seed=0 (q4_0-hadamard)";
+         "--codebook); options name:window=128,batch=32,sinks=0,async=1 for the quantized ones (pq with a "
+         "normalised codebook: sinks=" + std::to_string(kPqNormDefaultSinks) + "), plus group=32 (kivi) and seed=0 "
+         "(q4_0-hadamard)";
 }
 
 namespace {
@@ -131,6 +132,14 @@ struct StoreBuilder {
   }
 };
 
+// A normalised codebook (channel-group keys and/or token-norm values: the pq-norm variant)
+// defaults the cache to exact sinks: a model's first tokens are attention sinks with outlying
+// keys, and coded, the first one stretches the min/max of the whole first key group
+// (docs/pq-research.md, "Attention sinks").
+bool codebooks_normalised(const CodebookSet& set) {
+  return set.k_norm != VectorNorm::kNone || set.v_norm != VectorNorm::kNone;
+}
+
 std::shared_ptr<const CodebookSet> load_pq_codebooks(const std::string& name, const KVCacheShape& shape,
                                                      const KVCacheResources& res) {
   if (res.codebook_path.empty()) {
@@ -175,8 +184,10 @@ std::unique_ptr<KVCache> make_kv_cache(const std::string& k_spec, const std::str
   QuantizedCacheOptions o;
   const bool paper = k_name == "pq-paper" || v_name == "pq-paper";
   o.batch = paper ? 128 : 32;
+  bool sinks_given = false;
   for (const char* key : {"window", "batch", "sinks", "async"}) {
     const auto ki = k_opts.find(key), vi = v_opts.find(key);
+    if (std::string(key) == "sinks") sinks_given = ki != k_opts.end() || vi != v_opts.end();
     if (ki != k_opts.end() && vi != v_opts.end() && ki->second != vi->second && k_spec != v_spec) {
       throw InvalidArgumentError(fmt::format("--kv-k and --kv-v disagree on {} ({} vs {})", key, ki->second, vi->second));
     }
@@ -195,6 +206,7 @@ std::unique_ptr<KVCache> make_kv_cache(const std::string& k_spec, const std::str
   if (is_pq(k_name) || is_pq(v_name)) {
     auto set = load_pq_codebooks(is_pq(k_name) ? k_name : v_name, shape, resources);
     kb.codebooks = vb.codebooks = set;
+    if (!sinks_given && codebooks_normalised(*set)) o.sinks = kPqNormDefaultSinks;
   }
   std::vector<std::unique_ptr<KeyStore>> keys;
   std::vector<std::unique_ptr<ValueStore>> values;

@@ -88,7 +88,8 @@ struct KVCacheResources {
 /// Builds a cache from its command-line spec "name[:key=value,...]": "f32", "f16" (dense);
 /// "q8_0", "q4_0", "q4_0-hadamard", "kivi-4", "kivi-2", "pq", "pq-paper" (quantized: sinks,
 /// coded tokens and an exact window, options window, batch, sinks, async; pq needs
-/// resources.codebook_path). See kv_cache_names().
+/// resources.codebook_path). See kv_cache_names(). sinks defaults to 0, except for pq with a
+/// normalised codebook (k-norm or v-norm not none, the pq-norm variant): kPqNormDefaultSinks.
 /// Unknown names or options throw InvalidArgumentError listing the known ones. Refuses
 /// (ResourceError) a cache whose storage for `shape.capacity` tokens would not fit in memory.
 std::unique_ptr<KVCache> make_kv_cache(const std::string& spec, const KVCacheShape& shape,
@@ -96,6 +97,9 @@ std::unique_ptr<KVCache> make_kv_cache(const std::string& spec, const KVCacheSha
 /// Keys and values in different formats (--kv-k, --kv-v); the same spec twice is the above.
 std::unique_ptr<KVCache> make_kv_cache(const std::string& k_spec, const std::string& v_spec, const KVCacheShape& shape,
                                        const KVCacheResources& resources = {});
+
+/// Exact first positions of a pq cache whose codebook normalises K or V, unless `sinks` is given.
+inline constexpr int kPqNormDefaultSinks = 4;
 
 /// The names make_kv_cache accepts, for --help texts.
 std::string kv_cache_names();
