@@ -8,18 +8,28 @@
 # ../shared/text/calib (never evaluation text). Not a test; on 2 cores the default sections take
 # about 90 minutes.
 #
-# Sections (SECTIONS, space-separated; default all four):
+# Sections (SECTIONS, space-separated; default all five):
 #   gutenberg-4096   gutenberg-23m, held-out books (eval-tokens/heldout_eval.bin), ctx 4096
+#   gutenberg-1024   gutenberg-23m, the same held-out books, ctx 1024
 #   gutenberg-wiki   gutenberg-23m, WikiText-2 test, ctx 1024
 #   smollm2-wiki     SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh), WikiText-2 test, ctx 1024
 #   smollm2-books    SmolLM2-135M-Instruct, the held-out books, ctx 1024
-# Environment: WINDOWS_4096 (default 8), WINDOWS_1024 (default 16), PREFILL (64), SMOL_ONLY /
-#   GUT_WIKI_ONLY (run only these row labels in that section, e.g. "f16 q4_0 pq-norm-4bit"),
-#   WORK (default /tmp/million-eval; codebooks and logits are reused from there), THREADS.
+# pq-norm rows run the pq cache as users get it: with a normalised codebook it keeps the first 4
+# positions exact (sinks=4, its default); the -sinks0 rows are the same codebooks with sinks=0.
+# Environment: WINDOWS_4096 (default 8), WINDOWS_GUT1024 (gutenberg-1024, default 16),
+#   WINDOWS_WIKI (gutenberg-wiki, default 8), WINDOWS_SMOL (SmolLM2 sections, default 4),
+#   PREFILL (64), SMOL_ONLY / GUT_WIKI_ONLY / GUT1024_ONLY / GUT4096_ONLY (run only these row labels
+#   in that section, e.g. "f16 q4_0 pq-norm-4bit"; SMOL_ONLY defaults to the rows that fit
+#   head_dim 64), WORK (default /tmp/million-eval; codebooks, logits and run JSONs are reused from
+#   there: delete a run's JSON to redo it), THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${MILLION_SHARED_DIR:-../shared}
-SECTIONS=${SECTIONS:-"gutenberg-4096 gutenberg-wiki smollm2-wiki smollm2-books"}
+SECTIONS=${SECTIONS:-"gutenberg-4096 gutenberg-1024 gutenberg-wiki smollm2-wiki smollm2-books"}
+# KIVI's value groups of 128 channels do not fit SmolLM2's head_dim 64: its g128 rows are left out.
+SMOL_ONLY=${SMOL_ONLY:-"f16 q8_0 q4_0 q4_0-hadamard kivi-4-g32 kivi-2-g32 pq-norm-4bit pq-norm-4bit-sinks0 pq-norm-2bit
+  pq-norm-2bit-sinks0"}
+SMOL_ONLY=$(echo $SMOL_ONLY)
 PREFILL=${PREFILL:-64}
 WORK=${WORK:-/tmp/million-eval}
 THREADS=${THREADS:-$(nproc)}
@@ -39,23 +49,27 @@ calib() {  # model, out name, calibrate options...
   fi
 }
 
-# The PQ variants (name, calibrate options). pq-norm: Hadamard rotation, keys min/max-normalised
-# per channel over groups of 128 tokens, values divided by their per-token norm, per-(layer, kv
-# head) codebooks (docs/pq-research.md).
+# The PQ variants (name, calibrate options, cache spec, codebook name if not the variant's own).
+# pq-norm: Hadamard rotation, keys min/max-normalised per channel over groups of 128 tokens,
+# values divided by their per-token norm, per-(layer, kv head) codebooks (docs/pq-research.md);
+# the cache keeps 4 exact sinks by default with such a codebook, -sinks0 turns them off.
 # M4 / M2: subspaces for 4 / 2 bits per element with 8-bit codes (head_dim / 2, head_dim / 4).
+NORM="--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token"
 PQ_VARIANTS=(
   "pq-paper-4bit|--granularity shared --rotation none --k-norm none --v-norm none --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq-paper"
   "pq-paper-2bit|--granularity shared --rotation none --k-norm none --v-norm none --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq-paper"
   "pq-head-hadamard-4bit|--granularity layer-head --rotation hadamard --k-norm none --v-norm none --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq"
   "pq-head-hadamard-2bit|--granularity layer-head --rotation hadamard --k-norm none --v-norm none --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq"
-  "pq-norm-4bit|--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq"
-  "pq-norm-2bit|--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq"
+  "pq-norm-4bit|$NORM --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq"
+  "pq-norm-4bit-sinks0|$NORM --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq:sinks=0|pq-norm-4bit"
+  "pq-norm-2bit|$NORM --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq"
+  "pq-norm-2bit-sinks0|$NORM --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq:sinks=0|pq-norm-2bit"
 )
 BASELINES=(q8_0 q4_0 q4_0-hadamard kivi-4:group=32 kivi-4:group=128 kivi-2:group=32 kivi-2:group=128)
 # A section may run a subset (ONLY: space-separated labels; empty = all).
 
 # section, model, source options (--tokens/--text), ctx, windows, head_dim, calibrate options, ONLY,
-# sinks (1: also q4_0-hadamard and pq-norm-4bit with the first 4 positions exact)
+# sinks (1: also q4_0-hadamard with the first 4 positions exact, the pq-norm rows' default)
 evaluate() {
   local sec=$1 model=$2 src=$3 ctx=$4 windows=$5 hd=$6 copts=$7 only=$8 sinks=${9:-0}
   local dir=$WORK/$sec
@@ -85,17 +99,18 @@ evaluate() {
       if [[ $b == *:* ]]; then run "$label" "$mode" --kv "$b$opt"; else run "$label" "$mode" --kv "$b$sep"; fi
     done
     for v in "${PQ_VARIANTS[@]}"; do
-      IFS='|' read -r label cal kv <<<"$v"
+      IFS='|' read -r label cal kv cb <<<"$v"
       if [ -n "$only" ] && [[ " $only " != *" $label "* ]]; then continue; fi
+      cb=$(basename "$model")-${cb:-$label}
       cal=${cal//M4/$((hd / 2))}
       cal=${cal//M2/$((hd / 4))}
       # shellcheck disable=SC2086
-      calib "$model" "$(basename "$model")-$label" $cal $copts
-      run "$label" "$mode" --kv "$kv$sep" --codebook "$WORK/$(basename "$model")-$label.cb"
+      calib "$model" "$cb" $cal $copts
+      if [[ $kv == *:* ]]; then kv="$kv$opt"; else kv="$kv$sep"; fi
+      run "$label" "$mode" --kv "$kv" --codebook "$WORK/$cb.cb"
     done
     if [ "$sinks" = 1 ]; then
       force=1 run q4_0-hadamard-sinks4 "$mode" --kv "q4_0-hadamard:sinks=4$opt"
-      force=1 run pq-norm-4bit-sinks4 "$mode" --kv "pq:sinks=4$opt" --codebook "$WORK/$(basename "$model")-pq-norm-4bit.cb"
     fi
   done
 }
@@ -103,16 +118,20 @@ evaluate() {
 for sec in $SECTIONS; do
   case $sec in
     gutenberg-4096)
-      evaluate "$sec" "$GUT" "--tokens $GUT/eval-tokens/heldout_eval.bin" 4096 "${WINDOWS_4096:-8}" 128 "" "" ;;
+      evaluate "$sec" "$GUT" "--tokens $GUT/eval-tokens/heldout_eval.bin" 4096 "${WINDOWS_4096:-8}" 128 "" \
+        "${GUT4096_ONLY:-}" ;;
+    gutenberg-1024)
+      evaluate "$sec" "$GUT" "--tokens $GUT/eval-tokens/heldout_eval.bin" 1024 "${WINDOWS_GUT1024:-16}" 128 "" \
+        "${GUT1024_ONLY:-}" ;;
     gutenberg-wiki)
-      evaluate "$sec" "$GUT" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" 128 "" "${GUT_WIKI_ONLY:-}" ;;
+      evaluate "$sec" "$GUT" "--text $WIKI" 1024 "${WINDOWS_WIKI:-8}" 128 "" "${GUT_WIKI_ONLY:-}" ;;
     smollm2-wiki)
       if [ ! -f "$SMOL" ]; then bash scripts/fetch-smollm2.sh || { echo "skipping $sec: no SmolLM2"; continue; }; fi
-      evaluate "$sec" "$SMOL" "--text $WIKI" 1024 "${WINDOWS_1024:-16}" 64 "--max-tokens 16384" "${SMOL_ONLY:-}" 1 ;;
+      evaluate "$sec" "$SMOL" "--text $WIKI" 1024 "${WINDOWS_SMOL:-4}" 64 "--max-tokens 16384" "$SMOL_ONLY" 1 ;;
     smollm2-books)
       if [ ! -f "$SMOL" ]; then bash scripts/fetch-smollm2.sh || { echo "skipping $sec: no SmolLM2"; continue; }; fi
-      evaluate "$sec" "$SMOL" "--text $SHARED/text/heldout-books" 1024 "${WINDOWS_1024:-16}" 64 "--max-tokens 16384" \
-        "${SMOL_ONLY:-}" 1 ;;
+      evaluate "$sec" "$SMOL" "--text $SHARED/text/heldout-books" 1024 "${WINDOWS_SMOL:-4}" 64 "--max-tokens 16384" \
+        "$SMOL_ONLY" 1 ;;
     *) echo "eval-results: unknown section $sec"; exit 2 ;;
   esac
 done
