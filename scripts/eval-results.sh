@@ -6,7 +6,7 @@
 # default (the cache's exact recent window: 128 tokens) and stress (window 0: every token read
 # back from its quantized form). PQ codebooks come from `million calibrate` on
 # ../shared/text/calib (never evaluation text). Not a test; on 2 cores the default sections take
-# about 90 minutes.
+# about 2 hours (the gutenberg-1024 section alone: about 20 minutes).
 #
 # Sections (SECTIONS, space-separated; default all five):
 #   gutenberg-4096   gutenberg-23m, held-out books (eval-tokens/heldout_eval.bin), ctx 4096
