@@ -144,6 +144,6 @@ print("Decode attention (bench/results/decode-attention-gpu-h100.md; Llama-3-8B 
 print("pq 4-bit on tensor cores 596 us, 60% of the card's copy bandwidth and 2.4x PyTorch SDPA fp16 (1420 us).")
 print("End to end (bench/results/model-decode-gpu-h100.md; Llama-3-8B shape, random bf16 weights, synthetic")
 print("context, batch 1): pq 4-bit 100.1 vs fp16 65.2 tokens/s at 128K; 38.5 tokens/s at 1M tokens, where the")
-print("fp16 cache (143 GiB) is refused. The GPU's PQ cache is plain PQ or the normalised variant without the")
-print("CPU's 4 exact sinks; docs/cuda.md has the details and what is missing.")
+print("fp16 cache (143 GiB) is refused. The GPU's PQ cache: plain PQ or the normalised variant, with an exact")
+print("window and sinks; these speed rows use plain PQ. docs/cuda.md has the details and what is missing.")
 

@@ -47,10 +47,11 @@ struct Reference {
   // (channel_group_params over the group's f32 rotated keys), coded values from their f16 norm.
   bool rotate = false, kcg = false, vtn = false;
   int group = 0;
+  int sinks = 0;  // the first `sinks` tokens exact for good; codes and groups count from the next one
   std::vector<std::vector<float>> rot;                        // per layer [Hkv][hd][hd]
   std::vector<std::vector<std::vector<float>>> kr, vr;        // [layer][head]: [t][hd] rotated f32
   std::vector<std::vector<std::map<int, std::vector<float>>>> kdec, vdec;  // coded vectors, decoded
-  bool normed() const { return rotate || kcg || vtn; }
+  bool normed() const { return rotate || kcg || vtn || sinks > 0; }
   LlamaHostCodebooks cb;
   std::vector<std::vector<float>> kc, vc;  // per layer [Hkv][t][hd] as attention reads them from the cache
   std::vector<std::vector<float>> kx, vx;  // the same, exact (fp16) — the PQ window's version
@@ -117,7 +118,7 @@ struct Reference {
     const auto& rows = kr[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
     const auto cen = book(cb.k, l, h);
     if (!kcg) return cache[t] = pq_roundtrip(cen, rows.data() + static_cast<std::size_t>(t) * hd);
-    const int g0 = t / group * group;  // the whole group at once, as the GPU encodes it
+    const int g0 = sinks + (t - sinks) / group * group;  // the whole group at once, as the GPU encodes it
     std::vector<float> mn(static_cast<std::size_t>(hd)), rg(mn.size()), u(static_cast<std::size_t>(group) * hd);
     channel_group_params(rows.data() + static_cast<std::size_t>(g0) * hd, group, hd, mn.data(), rg.data());
     channel_group_normalize(rows.data() + static_cast<std::size_t>(g0) * hd, group, hd, mn.data(), rg.data(), u.data());
@@ -166,6 +167,7 @@ struct Reference {
       V.insert(V.end(), vv.begin(), vv.end());
     }
     const int first_exact = std::max(0, pos + 1 - window);
+    auto exact = [&](int t) { return t < sinks || t >= first_exact; };
     std::vector<float> att(static_cast<std::size_t>(qd));
     for (int h = 0; h < H; ++h) {
       const int kh = h / G;
@@ -176,7 +178,7 @@ struct Reference {
       double mx = -1e300;
       for (int t = 0; t <= pos; ++t) {
         const float* kt = kr[static_cast<std::size_t>(l)][static_cast<std::size_t>(kh)].data() + static_cast<std::size_t>(t) * hd;
-        const std::vector<float>* coded = t < first_exact ? &coded_key(l, kh, t) : nullptr;
+        const std::vector<float>* coded = exact(t) ? nullptr : &coded_key(l, kh, t);
         double d = 0;
         for (int i = 0; i < hd; ++i) d += static_cast<double>(qq[static_cast<std::size_t>(i)]) * (coded ? (*coded)[static_cast<std::size_t>(i)] : hf(kt[i]));
         sc[static_cast<std::size_t>(t)] = d / std::sqrt(static_cast<double>(hd));
@@ -187,7 +189,7 @@ struct Reference {
       std::vector<double> o(static_cast<std::size_t>(hd), 0.0);
       for (int t = 0; t <= pos; ++t) {
         const float* vt = vr[static_cast<std::size_t>(l)][static_cast<std::size_t>(kh)].data() + static_cast<std::size_t>(t) * hd;
-        const std::vector<float>* coded = t < first_exact ? &coded_value(l, kh, t) : nullptr;
+        const std::vector<float>* coded = exact(t) ? nullptr : &coded_value(l, kh, t);
         for (int i = 0; i < hd; ++i) o[static_cast<std::size_t>(i)] += sc[static_cast<std::size_t>(t)] * (coded ? (*coded)[static_cast<std::size_t>(i)] : hf(vt[i]));
       }
       std::vector<float> of(static_cast<std::size_t>(hd));
@@ -380,6 +382,7 @@ LlamaHostWeights random_weights(const LlamaShape& s, std::mt19937& rng, float qk
 struct NormOpts {
   bool rotate = false, kcg = false, vtn = false;
   int group = 64;
+  int sinks = 0;
 };
 
 void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int batch, std::uint32_t seed,
@@ -399,6 +402,7 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
   o.pq_k_channel_group = nopt.kcg;
   o.pq_v_token_norm = nopt.vtn;
   o.pq_norm_group = nopt.group;
+  o.pq_sinks = nopt.sinks;
   GpuLlama gpu(sh, o);
   gpu.upload_weights(ref.w);
   if (cache == GpuCache::kPQ) {
@@ -409,6 +413,7 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
     ref.kcg = nopt.kcg;
     ref.vtn = nopt.vtn;
     ref.group = nopt.group;
+    ref.sinks = nopt.sinks;
     std::uniform_real_distribution<float> u(-2.0f, 2.0f);
     for (int l = 0; l < sh.n_layers; ++l) {
       std::vector<float> k(static_cast<std::size_t>(sh.n_kv_heads) * sh.head_dim * 256), v(k.size());
@@ -457,8 +462,9 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
                                    << " step " << p << " sequence " << which;
     }
   }
-  std::printf("GpuLlama %s%s window %d head_dim %d GQA %d batch %d rope %s %s: worst logit error %.3g of the logit scale\n",
-              cache == GpuCache::kPQ ? "pq" : "f16", nopt.rotate || nopt.kcg || nopt.vtn ? "-norm" : "", window, sh.head_dim, sh.n_heads / sh.n_kv_heads, batch,
+  std::printf("GpuLlama %s%s sinks %d window %d head_dim %d GQA %d batch %d rope %s %s: worst logit error %.3g of the logit scale\n",
+              cache == GpuCache::kPQ ? "pq" : "f16", nopt.rotate || nopt.kcg || nopt.vtn ? "-norm" : "", nopt.sinks, window,
+              sh.head_dim, sh.n_heads / sh.n_kv_heads, batch,
               interleaved ? "interleaved" : "half", graph ? "graph" : "eager", worst);
   EXPECT_THROW(gpu.step(toks[0]), InvalidArgumentError);  // the cache is full
   gpu.reset();  // an empty cache again: the first step's logits come back exactly
@@ -501,6 +507,13 @@ TEST(GpuLlama, PQNormalisedMatchesReference) {
   run_case(tiny(64, 2, 1), GpuCache::kPQ, 32, true, 2, 32, /*graph=*/false, /*window=*/64, all, 150);
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 33, /*graph=*/true, /*window=*/64, {false, true, false, 64}, 140);
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 34, /*graph=*/true, /*window=*/8, {true, false, true, 64}, 40);
+}
+
+// Exact sinks (the CPU's pq-norm default keeps 4): with the normalised variant, whose codes,
+// norms and channel-groups then count from the first token after the sinks, and with plain PQ.
+TEST(GpuLlama, PQSinksMatchReference) {
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 2, 41, /*graph=*/true, /*window=*/64, {true, true, true, 64, 4}, 160);
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, true, 1, 42, /*graph=*/false, /*window=*/5, {false, false, false, 64, 3}, 40);
 }
 
 // The gutenberg-23m directory: $MILLION_GUTENBERG_DIR, ../shared/models/gutenberg-23m (a

@@ -145,6 +145,10 @@ struct PQEncodeArgs {
   /// With len_device: encode only when *len_device is a multiple of `every` (0: always) — a
   /// group of tokens encoded when it completes, inside a graph that runs every step.
   int every = 0;
+  /// With len_device: the length counts this many leading tokens that are never coded (exact
+  /// sinks): positions and `every` apply to *len_device - len_offset (codes indexed from the
+  /// first coded token), and nothing is written while that is below n_tokens.
+  std::int64_t len_offset = 0;
 };
 /// Throws InvalidArgumentError for bad shapes (dsub not dividing, ksub not a power of two in
 /// [2, 256], tokens past capacity, M not a multiple of 8 for the mma orders); launches on `stream`.

@@ -110,13 +110,15 @@ __global__ void append_f16_kernel(const float* k, const float* v, __half* kc, __
 
 __global__ void advance_kernel(std::int64_t* len) { *len += 1; }
 
-// k, v [B * Hkv, hd] f32 -> the fp16 ring buffers [B * Hkv, window, hd] at slot (len - 1) % window.
-__global__ void append_ring_kernel(const float* k, const float* v, __half* rk, __half* rv, int window,
+// k, v [B * Hkv, hd] f32 -> the exact buffers [B * Hkv, sinks + window, hd]: token t = len - 1
+// at slot t while t < sinks, else at sinks + (t - sinks) % window (a ring of the newest).
+__global__ void append_ring_kernel(const float* k, const float* v, __half* rk, __half* rv, int sinks, int window,
                                    const std::int64_t* len, int hd) {
-  const std::int64_t sh = blockIdx.x, slot = (*len - 1) % window;
+  const std::int64_t t = *len - 1, slot = t < sinks ? t : sinks + (t - sinks) % window, cap = sinks + window;
+  const std::int64_t sh = blockIdx.x;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-    rk[(sh * window + slot) * hd + i] = __float2half(k[sh * hd + i]);
-    rv[(sh * window + slot) * hd + i] = __float2half(v[sh * hd + i]);
+    rk[(sh * cap + slot) * hd + i] = __float2half(k[sh * hd + i]);
+    rv[(sh * cap + slot) * hd + i] = __float2half(v[sh * hd + i]);
   }
 }
 
@@ -144,7 +146,7 @@ __device__ __forceinline__ float round_f16(float x) {  // as pq/normalize.cpp: c
 // Value token norms (token_norm_f16 / token_normalize of pq/normalize.cpp): the norm of each
 // row v [B * Hkv, hd] rounded to f16, stored at the new token's position, u = v * (1 / norm).
 __global__ void vnorm_kernel(const float* v, float* u, __half* norms, std::int64_t capacity, const std::int64_t* len,
-                             int hd) {
+                             int sinks, int hd) {
   __shared__ double red[32];
   const std::int64_t sh = blockIdx.x;
   double ss = 0.0;
@@ -155,14 +157,17 @@ __global__ void vnorm_kernel(const float* v, float* u, __half* norms, std::int64
   double tot = 0.0;
   for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) tot += red[w];
   const float nrm = round_f16(static_cast<float>(sqrt(tot)));
-  if (threadIdx.x == 0) norms[sh * capacity + *len - 1] = __float2half_rn(nrm);
+  const std::int64_t c = *len - 1 - sinks;  // coded index (sinks are never coded)
+  if (threadIdx.x == 0 && c >= 0) norms[sh * capacity + c] = __float2half_rn(nrm);
   const float inv = nrm > 0.0f ? 1.0f / nrm : 0.0f;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) u[sh * hd + i] = v[sh * hd + i] * inv;
 }
 
 // Keys into the current channel-group's staging rows gbuf [B * Hkv, group, hd] at slot (len - 1) % group.
-__global__ void kgroup_stage_kernel(const float* k, float* gbuf, int group, const std::int64_t* len, int hd) {
-  const std::int64_t sh = blockIdx.x, slot = (*len - 1) % group;
+__global__ void kgroup_stage_kernel(const float* k, float* gbuf, int group, const std::int64_t* len, int sinks, int hd) {
+  const std::int64_t c = *len - 1 - sinks;  // coded index
+  if (c < 0) return;
+  const std::int64_t sh = blockIdx.x, slot = c % group;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) gbuf[(sh * group + slot) * hd + i] = k[sh * hd + i];
 }
 
@@ -171,9 +176,10 @@ __global__ void kgroup_stage_kernel(const float* k, float* gbuf, int group, cons
 // and u = (x - min) / range into uk [B * Hkv, group, hd] for the encoder. One block per
 // (sequence, kv head), a thread per channel.
 __global__ void kgroup_kernel(const float* gbuf, __half* params, float* uk, int group, std::int64_t n_groups,
-                              const std::int64_t* len, int hd) {
-  if (*len % group != 0) return;
-  const std::int64_t sh = blockIdx.x, g = *len / group - 1;
+                              const std::int64_t* len, int sinks, int hd) {
+  const std::int64_t coded = *len - sinks;
+  if (coded <= 0 || coded % group != 0) return;
+  const std::int64_t sh = blockIdx.x, g = coded / group - 1;
   for (int c = threadIdx.x; c < hd; c += blockDim.x) {
     const float* x = gbuf + sh * group * hd + c;
     float lo = x[0], hi = lo;
@@ -387,7 +393,8 @@ std::int64_t GpuLlama::weight_bytes(const LlamaShape& s, bool f32_weights) {
 std::int64_t GpuLlama::cache_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
   const std::int64_t rows = static_cast<std::int64_t>(o.batch) * s.n_kv_heads * o.capacity;
   if (o.cache == GpuCache::kF16) return s.n_layers * 2 * rows * s.head_dim * 2;
-  const std::int64_t window = o.pq_window > 0 ? 2ll * o.batch * s.n_kv_heads * (o.pq_window * 2ll + 4) * s.head_dim : 0;
+  const std::int64_t window =
+      o.pq_window > 0 ? 2ll * o.batch * s.n_kv_heads * ((o.pq_window + o.pq_sinks) * 2ll + 4) * s.head_dim : 0;
   return s.n_layers * (2 * rows * o.pq_M + 2 * codebook_elems(s) * (2 + 4) + window) + norm_bytes(s, o);
 }
 
@@ -406,6 +413,9 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
     if (dsub != 2 && dsub != 4) throw InvalidArgumentError("GpuLlama: PQ cache needs M = head_dim / 2 or head_dim / 4");
     if (opt_.pq_window < 0 || opt_.pq_window > opt_.capacity) {
       throw InvalidArgumentError("GpuLlama: pq_window must be in [0, capacity]");
+    }
+    if (opt_.pq_sinks < 0 || (opt_.pq_sinks > 0 && opt_.pq_window < 1)) {
+      throw InvalidArgumentError("GpuLlama: pq_sinks needs an exact window (pq_window > 0)");
     }
     if ((opt_.pq_rotate || opt_.pq_k_channel_group || opt_.pq_v_token_norm) && opt_.pq_window < 1) {
       throw InvalidArgumentError("GpuLlama: the normalised PQ variant needs an exact window (pq_window > 0)");
@@ -490,7 +500,8 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
         L.cbv16 = L.cbk16 + e;
         cp += e * (4 + 4 + 2 + 2);
         if (opt_.pq_window > 0) {
-          const std::int64_t rw = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * opt_.pq_window * s.head_dim;
+          const std::int64_t rw =
+              static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * (opt_.pq_window + opt_.pq_sinks) * s.head_dim;
           const std::int64_t st = static_cast<std::int64_t>(opt_.batch) * s.n_kv_heads * s.head_dim;
           L.ring_k = reinterpret_cast<__half*>(cp);
           L.ring_v = L.ring_k + rw;
@@ -738,7 +749,7 @@ void GpuLlama::fill_cache_random(std::int64_t n, std::uint64_t seed) {
       fill_half_kernel<<<grid_for(e), 256, 0, stream_>>>(L.kgp, e, 0.5f);
     }
     if (opt_.cache == GpuCache::kPQ && opt_.pq_window > 0) {
-      const std::int64_t e = seqs * opt_.pq_window * shape_.head_dim;
+      const std::int64_t e = seqs * (opt_.pq_window + opt_.pq_sinks) * shape_.head_dim;
       fill_random_kernel<__half><<<grid_for(e), 256, 0, stream_>>>(L.ring_k, e, seed++, 1.0f);
       fill_random_kernel<__half><<<grid_for(e), 256, 0, stream_>>>(L.ring_v, e, seed++, 1.0f);
     }
@@ -850,6 +861,7 @@ void GpuLlama::enqueue_step() {
       e.cb_head_stride = codebook_elems(s) / s.n_kv_heads;
       e.capacity = opt_.capacity;
       e.len_device = m.len;
+      e.len_offset = opt_.pq_sinks;  // codes count from the first token after the sinks
       cudaStream_t enc = stream_;
       const float *ek = m.k, *ev = m.v;
       const int G = s.n_heads / s.n_kv_heads, rows_kv = B * s.n_kv_heads;
@@ -863,22 +875,23 @@ void GpuLlama::enqueue_step() {
           check(cudaMemcpyAsync(L.stage_v, m.v, bytes, cudaMemcpyDeviceToDevice, stream_), "stage V");
         }
         append_ring_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(L.stage_k, L.stage_v, L.ring_k, L.ring_v,
-                                                                opt_.pq_window, m.len, s.head_dim);
+                                                                opt_.pq_sinks, opt_.pq_window, m.len, s.head_dim);
         check(cudaEventRecord(L.staged, stream_), "cudaEventRecord");
         check(cudaStreamWaitEvent(m.side, L.staged, 0), "cudaStreamWaitEvent");
         enc = m.side;
         ek = L.stage_k;
         ev = L.stage_v;
         if (opt_.pq_v_token_norm) {
-          vnorm_kernel<<<rows_kv, 128, 0, enc>>>(L.stage_v, L.uv, L.vnorm, opt_.capacity, m.len, s.head_dim);
+          vnorm_kernel<<<rows_kv, 128, 0, enc>>>(L.stage_v, L.uv, L.vnorm, opt_.capacity, m.len, opt_.pq_sinks,
+                                                 s.head_dim);
           ev = L.uv;
         }
       }
       if (opt_.pq_k_channel_group) {  // a group's keys are encoded together once it completes
         const int g = opt_.pq_norm_group;
-        kgroup_stage_kernel<<<rows_kv, s.head_dim, 0, enc>>>(L.stage_k, L.gbuf, g, m.len, s.head_dim);
+        kgroup_stage_kernel<<<rows_kv, s.head_dim, 0, enc>>>(L.stage_k, L.gbuf, g, m.len, opt_.pq_sinks, s.head_dim);
         kgroup_kernel<<<rows_kv, s.head_dim, 0, enc>>>(L.gbuf, L.kgp, L.uk, g, (opt_.capacity + g - 1) / g, m.len,
-                                                       s.head_dim);
+                                                       opt_.pq_sinks, s.head_dim);
         PQEncodeArgs ge = e;
         ge.n_tokens = g;
         ge.every = g;
@@ -926,10 +939,10 @@ void GpuLlama::enqueue_step() {
         a.norm_group = opt_.pq_norm_group;
       }
       if (win) {
-        a.n_tokens_device_minus = opt_.pq_window;  // codes: all but the window's tokens
-        DenseDecodeArgs w{{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.pq_window, opt_.pq_window}, L.ring_k, L.ring_v,
-                          qa, out, scale};
-        w.n_tokens_device = m.len;  // clamped to the window
+        a.n_tokens_device_minus = opt_.pq_window + opt_.pq_sinks;  // codes: all but the sinks and the window
+        const int wb = opt_.pq_window + opt_.pq_sinks;
+        DenseDecodeArgs w{{B, s.n_heads, s.n_kv_heads, s.head_dim, wb, wb}, L.ring_k, L.ring_v, qa, out, scale};
+        w.n_tokens_device = m.len;  // clamped to sinks + window
         pq_window_decode_attention(a, w, m.ws, m.pq_splits, stream_);
       } else {
         pq_decode_attention(a, m.ws, m.pq_splits, stream_);

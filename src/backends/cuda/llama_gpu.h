@@ -60,6 +60,10 @@ struct GpuLlamaOptions {
   /// tokens (a group is encoded on the side stream when it completes: pq_window must hold a
   /// whole group), values divided by their f16 norm.
   bool pq_rotate = false;
+  /// PQ window: the first pq_sinks tokens stay exact for good (attention sinks; the CPU's pq
+  /// cache keeps 4 with a normalised codebook). Codes, norms and channel-groups then count from
+  /// the first token after them, as on the CPU.
+  int pq_sinks = 0;
   bool pq_k_channel_group = false;
   bool pq_v_token_norm = false;
   int pq_norm_group = 128;

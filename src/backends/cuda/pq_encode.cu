@@ -33,7 +33,9 @@ template <int DSUB>
 __global__ void __launch_bounds__(kThreads) pq_encode_kernel(PQEncodeArgs a) {
   __shared__ float sd[kThreads / 32];
   __shared__ int si[kThreads / 32];
-  if (a.every > 0 && *a.len_device % a.every != 0) return;  // the whole block: no group completed
+  const std::int64_t eff = a.len_device ? *a.len_device - a.len_offset : 0;  // coded tokens once these are
+  if (a.len_device && eff < a.n_tokens) return;            // sinks: never coded
+  if (a.every > 0 && eff % a.every != 0) return;           // the whole block: no group completed
   const std::int64_t total = static_cast<std::int64_t>(a.n_seq_heads) * a.n_tokens * a.M;
   for (std::int64_t blk = blockIdx.x; blk < total; blk += gridDim.x) {  // (row, m)
     const int m = static_cast<int>(blk % a.M);
@@ -69,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) pq_encode_kernel(PQEncodeArgs a) {
         if (sd[w] < best || (sd[w] == best && si[w] < best_c)) best = sd[w], best_c = si[w];
       }
       if (best == INFINITY) best_c = 0;  // every distance NaN or infinite: code 0, as the reference
-      const std::int64_t pos0 = a.len_device ? *a.len_device - a.n_tokens : a.pos0;
+      const std::int64_t pos0 = a.len_device ? eff - a.n_tokens : a.pos0;
       a.codes[(static_cast<std::int64_t>(sh) * a.capacity + pos0 + tok) * a.M + code_pos(m, a.M, a.order)] =
           static_cast<std::uint8_t>(best_c);
     }
