@@ -48,7 +48,7 @@ struct Reference {
   bool rotate = false, kcg = false, vtn = false;
   int group = 0;
   int sinks = 0;  // the first `sinks` tokens exact for good; codes and groups count from the next one
-  std::vector<std::vector<float>> rot;                        // per layer [Hkv][hd][hd]
+  std::vector<std::vector<float>> rot, rot_v;                 // per layer [Hkv][hd][hd]: keys' (and queries'), values'
   std::vector<std::vector<std::vector<float>>> kr, vr;        // [layer][head]: [t][hd] rotated f32
   std::vector<std::vector<std::map<int, std::vector<float>>>> kdec, vdec;  // coded vectors, decoded
   bool normed() const { return rotate || kcg || vtn || sinks > 0; }
@@ -94,10 +94,10 @@ struct Reference {
   }
 
   // R x (or R^T x) for kv head h of layer l (double accumulation, rounded to f32 as the GPU keeps it).
-  std::vector<float> rotated(int l, int h, const float* x, bool transpose) const {
+  std::vector<float> rotated(int l, int h, const float* x, bool transpose, bool values = false) const {
     const int hd = s.head_dim;
     if (!rotate) return std::vector<float>(x, x + hd);
-    const float* R = rot[static_cast<std::size_t>(l)].data() + static_cast<std::size_t>(h) * hd * hd;
+    const float* R = (values ? rot_v : rot)[static_cast<std::size_t>(l)].data() + static_cast<std::size_t>(h) * hd * hd;
     std::vector<float> y(static_cast<std::size_t>(hd));
     for (int i = 0; i < hd; ++i) {
       double a = 0;
@@ -160,7 +160,7 @@ struct Reference {
         kf[static_cast<std::size_t>(i)] = static_cast<float>(k[static_cast<std::size_t>(h * hd + i)]);
         vf[static_cast<std::size_t>(i)] = static_cast<float>(v[static_cast<std::size_t>(h * hd + i)]);
       }
-      const auto kk = rotated(l, h, kf.data(), false), vv = rotated(l, h, vf.data(), false);
+      const auto kk = rotated(l, h, kf.data(), false), vv = rotated(l, h, vf.data(), false, true);
       auto& K = kr[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
       auto& V = vr[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
       K.insert(K.end(), kk.begin(), kk.end());
@@ -194,7 +194,7 @@ struct Reference {
       }
       std::vector<float> of(static_cast<std::size_t>(hd));
       for (int i = 0; i < hd; ++i) of[static_cast<std::size_t>(i)] = static_cast<float>(o[static_cast<std::size_t>(i)] / den);
-      const auto back = rotated(l, kh, of.data(), true);
+      const auto back = rotated(l, kh, of.data(), true, true);
       for (int i = 0; i < hd; ++i) att[static_cast<std::size_t>(h * hd + i)] = bf(back[static_cast<std::size_t>(i)]);
     }
     const auto ao = matvec(L.wo, att, s.hidden, qd);
@@ -421,16 +421,20 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
       for (auto& x : v) x = 0.5f * u(rng);
       ref.cb.k.push_back(k);
       ref.cb.v.push_back(v);
-      if (nopt.rotate) {  // the engine's seeded Hadamard rotations, one per kv head
-        std::vector<float> r;
+      if (nopt.rotate) {  // the engine's seeded Hadamard rotations, one per kv head and kind
+        std::vector<float> r, rv;
         for (int h = 0; h < sh.n_kv_heads; ++h) {
           const auto R = hadamard_rotation(sh.head_dim, seed * 131u + static_cast<unsigned>(l * 17 + h));
+          const auto Rv = hadamard_rotation(sh.head_dim, seed * 137u + static_cast<unsigned>(l * 19 + h) + 7);
           r.insert(r.end(), R.begin(), R.end());
+          rv.insert(rv.end(), Rv.begin(), Rv.end());
         }
         ref.cb.rotation.push_back(r);
+        ref.cb.rotation_v.push_back(rv);
       }
     }
     ref.rot = ref.cb.rotation;
+    ref.rot_v = ref.cb.rotation_v;
     gpu.upload_codebooks(ref.cb);
   }
   // Every sequence of the batch gets its own tokens; the reference runs sequence 0 and the
@@ -575,6 +579,66 @@ TEST(GpuLlama, GutenbergMatchesGolden) {
                 "%d/%zu equal (%d with margin > %.2f checked)\n",
                 pr["name"].get<std::string>().c_str(), ids.size(), err, agree, greedy.size(), checked, 2 * kLogitBound);
   }
+}
+
+// gutenberg-23m through the GPU's PQ cache with a real codebook file (`million calibrate`'s
+// default pq-norm 4-bit: rotation, key channel-groups of 128, value norms) and the CPU's default
+// mode (exact window 128, 4 sinks): golden prompt 0 (1000 tokens) teacher-forced through the fp16
+// cache and through the PQ cache, KL divergence of the PQ logits from the fp16 ones at every
+// position. The codebook: $MILLION_GUTENBERG_CODEBOOK or device-carry/gutenberg-23m-pq-norm-4bit.cb
+// (scripts/gpu-deps.sh copies it when a calibrated one is at hand); skipped without it.
+TEST(GpuLlama, GutenbergPQNormCloseToFp16) {
+  const std::string dir = gutenberg_dir();
+  std::string cbp = "device-carry/gutenberg-23m-pq-norm-4bit.cb";
+  if (const char* e = std::getenv("MILLION_GUTENBERG_CODEBOOK")) cbp = e;
+  if (dir.empty() || !std::filesystem::exists(cbp)) {
+    GTEST_SKIP() << "gutenberg-23m or its pq-norm codebook not found (" << cbp << ")";
+  }
+  nlohmann::json golden;
+  std::ifstream(dir + "/golden.json") >> golden;
+  const std::vector<int> ids = golden["prompts"][0]["input_ids"].get<std::vector<int>>();
+  LlamaShape shape;
+  const LlamaHostWeights w = load_llama_hf(dir, shape);
+  GpuLlamaOptions of;
+  of.capacity = static_cast<std::int64_t>(ids.size());
+  GpuLlamaOptions op = of;
+  op.cache = GpuCache::kPQ;
+  op.pq_window = 128;
+  op.pq_sinks = 4;
+  const LlamaHostCodebooks cb = load_codebooks_for_gpu(cbp, shape, op);
+  ASSERT_TRUE(op.pq_rotate && op.pq_k_channel_group && op.pq_v_token_norm) << "not a pq-norm codebook";
+  GpuLlama f16(shape, of), pq(shape, op);
+  f16.upload_weights(w);
+  pq.upload_weights(w);
+  pq.upload_codebooks(cb);
+  const std::size_t V = static_cast<std::size_t>(shape.vocab);
+  std::vector<float> a(V), b(V);
+  double kld_sum = 0, kld_coded = 0;
+  int agree = 0, n_coded = 0;
+  for (std::size_t t = 0; t < ids.size(); ++t) {
+    const float* da = f16.step({ids[t]});
+    const float* db = pq.step({ids[t]});
+    check(cudaDeviceSynchronize(), "sync");
+    check(cudaMemcpy(a.data(), da, V * 4, cudaMemcpyDeviceToHost), "logits");
+    check(cudaMemcpy(b.data(), db, V * 4, cudaMemcpyDeviceToHost), "logits");
+    const double ma = *std::max_element(a.begin(), a.end()), mb = *std::max_element(b.begin(), b.end());
+    double za = 0, zb = 0;
+    for (std::size_t i = 0; i < V; ++i) za += std::exp(a[i] - ma), zb += std::exp(b[i] - mb);
+    double kld = 0;
+    for (std::size_t i = 0; i < V; ++i) {
+      const double la = a[i] - ma - std::log(za), lb = b[i] - mb - std::log(zb);
+      kld += std::exp(la) * (la - lb);
+    }
+    kld_sum += kld;
+    if (t >= 4 + 128) kld_coded += kld, ++n_coded;  // positions that read coded history
+    agree += std::max_element(a.begin(), a.end()) - a.begin() == std::max_element(b.begin(), b.end()) - b.begin();
+  }
+  const double mean = kld_sum / static_cast<double>(ids.size()), mean_coded = kld_coded / std::max(1, n_coded);
+  std::printf("gutenberg-23m, pq-norm 4-bit (window 128, 4 sinks) vs the fp16 cache on %zu tokens: mean KLD %.5f "
+              "(%.5f over the %d positions past the window), top-1 agreement %.2f%%\n",
+              ids.size(), mean, mean_coded, n_coded, 100.0 * agree / static_cast<double>(ids.size()));
+  EXPECT_LT(mean_coded, 5e-3);  // a broken rotation or normalisation gives > 0.1
+  EXPECT_GT(agree, static_cast<int>(0.95 * static_cast<double>(ids.size())));
 }
 
 // stories260K, the bundled model (head_dim 8: the generic dense kernel), f32 weights: greedy

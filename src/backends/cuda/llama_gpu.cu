@@ -298,8 +298,10 @@ struct GpuLlama::Impl {
     __half *cbk16, *cbv16;          // PQ codebooks for attention
     float *cbk32, *cbv32;           // and for the encoder
     __half *ring_k, *ring_v;        // PQ window: [B * n_kv, window, head_dim] fp16 (rotated when pq_rotate)
-    float* rot = nullptr;           // pq_rotate: R [n_kv, head_dim, head_dim] (rotates back: y = R^T x)
-    float* rot_t = nullptr;         // pq_rotate: R^T, same layout (rotates: y = R x)
+    float* rot = nullptr;           // pq_rotate: keys' R [n_kv, head_dim, head_dim]
+    float* rot_t = nullptr;         // pq_rotate: keys' R^T, same layout (rotates q, k: y = R x)
+    float* rot_v = nullptr;         // pq_rotate: values' R (rotates the output back: y = R^T x)
+    float* rot_v_t = nullptr;       // pq_rotate: values' R^T (rotates v)
     __half* vnorm = nullptr;        // pq_v_token_norm: [B * n_kv, capacity] f16
     __half* kgp = nullptr;          // pq_k_channel_group: [B * n_kv, n_groups, 2, head_dim] f16 (min, range)
     float* gbuf = nullptr;          // pq_k_channel_group: the current group's keys [B * n_kv, group, head_dim]
@@ -377,7 +379,7 @@ static std::int64_t norm_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
   const std::int64_t sh = static_cast<std::int64_t>(o.batch) * s.n_kv_heads, hd = s.head_dim, g = o.pq_norm_group;
   std::int64_t layer = 0, global = 0;
   if (o.pq_rotate) {
-    layer += 2 * 4ll * s.n_kv_heads * hd * hd;
+    layer += 4 * 4ll * s.n_kv_heads * hd * hd;
     global += 2ll * 4 * o.batch * s.n_heads * hd;
   }
   if (o.pq_v_token_norm) layer += 2 * sh * o.capacity + 4 * sh * hd;
@@ -513,7 +515,7 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
       }
     }
     if (const std::int64_t nb = norm_bytes(s, opt_); nb > 0) {  // the normalised variant's buffers
-      const std::int64_t slack = 16ll * (7 * s.n_layers + 2);  // each buffer starts 16-byte aligned
+      const std::int64_t slack = 16ll * (9 * s.n_layers + 2);  // each buffer starts 16-byte aligned
       check(cudaMalloc(&m.norm_mem, static_cast<std::size_t>(nb + slack)), "cudaMalloc(normalisation buffers)");
       unsigned char* np8 = static_cast<unsigned char*>(m.norm_mem);
       auto takeb = [&](std::int64_t bytes) {
@@ -531,6 +533,8 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
         if (opt_.pq_rotate) {
           L.rot = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
           L.rot_t = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
+          L.rot_v = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
+          L.rot_v_t = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
         }
         if (opt_.pq_v_token_norm) {
           L.vnorm = static_cast<__half*>(takeb(2 * shn * opt_.capacity));
@@ -677,8 +681,7 @@ void GpuLlama::init_random(std::uint64_t seed) {
       f32_to_f16_kernel<<<grid_for(e), 256, 0, stream_>>>(L.cbk32, L.cbk16, e);
       f32_to_f16_kernel<<<grid_for(e), 256, 0, stream_>>>(L.cbv32, L.cbv16, e);
       if (L.rot) {  // a valid rotation
-        identity_kernel<<<grid_for(e), 256, 0, stream_>>>(L.rot, s.n_kv_heads, s.head_dim);
-        identity_kernel<<<grid_for(e), 256, 0, stream_>>>(L.rot_t, s.n_kv_heads, s.head_dim);
+        for (float* r : {L.rot, L.rot_t, L.rot_v, L.rot_v_t}) identity_kernel<<<grid_for(e), 256, 0, stream_>>>(r, s.n_kv_heads, s.head_dim);
       }
     }
   }
@@ -709,18 +712,26 @@ void GpuLlama::upload_codebooks(const LlamaHostCodebooks& cb) {
       if (cb.rotation.size() != static_cast<std::size_t>(shape_.n_layers) || cb.rotation[static_cast<std::size_t>(l)].size() != want) {
         throw InvalidArgumentError("GpuLlama::upload_codebooks: pq_rotate needs one [n_kv_heads, head_dim, head_dim] rotation per layer");
       }
-      const std::vector<float>& R = cb.rotation[static_cast<std::size_t>(l)];
-      std::vector<float> Rt(R.size());
+      const bool own_v = !cb.rotation_v.empty();
+      if (own_v && (cb.rotation_v.size() != static_cast<std::size_t>(shape_.n_layers) ||
+                    cb.rotation_v[static_cast<std::size_t>(l)].size() != want)) {
+        throw InvalidArgumentError("GpuLlama::upload_codebooks: rotation_v needs one [n_kv_heads, head_dim, head_dim] per layer");
+      }
       const int hd = shape_.head_dim;
-      for (int h = 0; h < shape_.n_kv_heads; ++h) {
-        for (int i = 0; i < hd; ++i) {
-          for (int j = 0; j < hd; ++j) {
-            Rt[(static_cast<std::size_t>(h) * hd + j) * hd + i] = R[(static_cast<std::size_t>(h) * hd + i) * hd + j];
+      auto upload = [&](const std::vector<float>& R, float* r, float* rt) {
+        std::vector<float> Rt(R.size());
+        for (int h = 0; h < shape_.n_kv_heads; ++h) {
+          for (int i = 0; i < hd; ++i) {
+            for (int j = 0; j < hd; ++j) {
+              Rt[(static_cast<std::size_t>(h) * hd + j) * hd + i] = R[(static_cast<std::size_t>(h) * hd + i) * hd + j];
+            }
           }
         }
-      }
-      check(cudaMemcpy(L.rot, R.data(), want * 4, cudaMemcpyHostToDevice), "rotations");
-      check(cudaMemcpy(L.rot_t, Rt.data(), want * 4, cudaMemcpyHostToDevice), "rotations");
+        check(cudaMemcpy(r, R.data(), want * 4, cudaMemcpyHostToDevice), "rotations");
+        check(cudaMemcpy(rt, Rt.data(), want * 4, cudaMemcpyHostToDevice), "rotations");
+      };
+      upload(cb.rotation[static_cast<std::size_t>(l)], L.rot, L.rot_t);
+      upload(own_v ? cb.rotation_v[static_cast<std::size_t>(l)] : cb.rotation[static_cast<std::size_t>(l)], L.rot_v, L.rot_v_t);
     }
   }
 }
@@ -869,7 +880,7 @@ void GpuLlama::enqueue_step() {
         const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(B) * z.kv;
         if (opt_.pq_rotate) {  // staged rotated: the window and the codes live in the codebooks' space
           rotate_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(m.k, L.stage_k, L.rot_t, 1, s.n_kv_heads, s.head_dim);
-          rotate_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(m.v, L.stage_v, L.rot_t, 1, s.n_kv_heads, s.head_dim);
+          rotate_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(m.v, L.stage_v, L.rot_v_t, 1, s.n_kv_heads, s.head_dim);
         } else {
           check(cudaMemcpyAsync(L.stage_k, m.k, bytes, cudaMemcpyDeviceToDevice, stream_), "stage K");
           check(cudaMemcpyAsync(L.stage_v, m.v, bytes, cudaMemcpyDeviceToDevice, stream_), "stage V");
@@ -948,7 +959,7 @@ void GpuLlama::enqueue_step() {
         pq_decode_attention(a, m.ws, m.pq_splits, stream_);
       }
       if (opt_.pq_rotate) {  // the output back from the codebooks' space
-        rotate_kernel<<<B * s.n_heads, s.head_dim, 0, stream_>>>(m.att_r, m.att, L.rot, G, s.n_kv_heads, s.head_dim);
+        rotate_kernel<<<B * s.n_heads, s.head_dim, 0, stream_>>>(m.att_r, m.att, L.rot_v, G, s.n_kv_heads, s.head_dim);
       }
     }
     if (m.f32) {

@@ -86,11 +86,21 @@ LlamaHostWeights load_llama_hf(const std::string& dir, LlamaShape& shape);
 /// Loads a llama2.c checkpoint (legacy format: 7 int32 header, f32 tensors; models/stories260K).
 LlamaHostWeights load_llama2c(const std::string& path, LlamaShape& shape);
 
+struct LlamaHostCodebooks;
+/// A codebook file of `million calibrate` (pq/codebook_file.h) as GpuLlama's arrays, and the
+/// options it implies (pq_M, pq_rotate, pq_k_channel_group, pq_v_token_norm, pq_norm_group set
+/// in `options`; window and sinks are the caller's). Throws FormatError when it was made for
+/// another shape, UnsupportedError for what GpuLlama lacks (codes under 8 bits, K and V with
+/// different M, key token norms, value channel-groups).
+LlamaHostCodebooks load_codebooks_for_gpu(const std::string& path, const LlamaShape& shape, GpuLlamaOptions& options);
+
 /// PQ codebooks per layer for the PQ cache: K and V, [n_kv_heads, M, 256, dsub] f32 each.
 struct LlamaHostCodebooks {
   std::vector<std::vector<float>> k, v;
-  /// pq_rotate: per layer [n_kv_heads, head_dim, head_dim] row-major orthogonal R (rotated = R x).
-  std::vector<std::vector<float>> rotation;
+  /// pq_rotate: per layer [n_kv_heads, head_dim, head_dim] row-major orthogonal R (rotated = R x)
+  /// of the keys (queries too), and of the values (empty: the keys' ones; the output is rotated
+  /// back with the values' R).
+  std::vector<std::vector<float>> rotation, rotation_v;
 };
 
 class GpuLlama {

@@ -12,6 +12,8 @@
 #include "million/error.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "pq/codebook.h"
+#include "pq/codebook_file.h"
 
 namespace million::cuda {
 namespace {
@@ -88,6 +90,47 @@ LlamaHostWeights load_llama_hf(const std::string& dir, LlamaShape& shape) {
     w.layers.push_back(std::move(L));
   }
   return w;
+}
+
+LlamaHostCodebooks load_codebooks_for_gpu(const std::string& path, const LlamaShape& shape, GpuLlamaOptions& o) {
+  const CodebookSet set = load_codebooks(path);
+  if (set.model.n_layers != shape.n_layers || set.model.n_kv_heads != shape.n_kv_heads ||
+      set.model.head_dim != shape.head_dim || set.model.hidden_size != shape.hidden) {
+    throw FormatError("'" + path + "' was calibrated for another model (" + set.model.str() + ")");
+  }
+  if (set.k_config.nbits != 8 || set.v_config.nbits != 8 || set.k_config.M != set.v_config.M) {
+    throw UnsupportedError("GPU path: codebooks need 8-bit codes and the same M for K and V (" + set.k_config.str() +
+                           " / " + set.v_config.str() + ")");
+  }
+  if (set.k_norm == VectorNorm::kToken || set.v_norm == VectorNorm::kChannelGroup) {
+    throw UnsupportedError("GPU path: key token norms and value channel-groups are not implemented");
+  }
+  o.pq_M = set.k_config.M;
+  o.pq_rotate = set.rotation != RotationKind::kNone;
+  o.pq_k_channel_group = set.k_norm == VectorNorm::kChannelGroup;
+  o.pq_v_token_norm = set.v_norm == VectorNorm::kToken;
+  if (o.pq_k_channel_group) o.pq_norm_group = set.norm_group;
+  LlamaHostCodebooks cb;
+  for (int l = 0; l < shape.n_layers; ++l) {
+    std::vector<float> k, v, rk, rv;
+    for (int h = 0; h < shape.n_kv_heads; ++h) {
+      const PQCodebook& ek = set.get(l, h, KVKind::kKey);
+      const PQCodebook& ev = set.get(l, h, KVKind::kValue);
+      k.insert(k.end(), ek.centroids.begin(), ek.centroids.end());
+      v.insert(v.end(), ev.centroids.begin(), ev.centroids.end());
+      if (o.pq_rotate) {
+        rk.insert(rk.end(), ek.rotation_matrix.begin(), ek.rotation_matrix.end());
+        rv.insert(rv.end(), ev.rotation_matrix.begin(), ev.rotation_matrix.end());
+      }
+    }
+    cb.k.push_back(std::move(k));
+    cb.v.push_back(std::move(v));
+    if (o.pq_rotate) {
+      cb.rotation.push_back(std::move(rk));
+      cb.rotation_v.push_back(std::move(rv));
+    }
+  }
+  return cb;
 }
 
 LlamaHostWeights load_llama2c(const std::string& path, LlamaShape& shape) {
