@@ -2,7 +2,8 @@
 # Prepares what a CUDA-only build needs on the GPU machine and that machine lacks: the fmt
 # headers, taken from Debian's libfmt-dev package (downloaded with apt-get, unpacked here into
 # .gpu-deps/, used header-only) — and, when ../shared holds it, the gutenberg-23m model
-# (weights, config, golden.json: 45 MB) copied into device-carry/ for the GPU's real-model test.
+# (weights, config, golden.json: 45 MB) copied into device-carry/ for the GPU's real-model tests,
+# with its pq-norm codebook when one has been calibrated.
 # Run on a development machine before sending the checkout (with .gpu-deps and device-carry);
 # scripts/gpu-check.sh uses .gpu-deps/include. Idempotent.
 set -euo pipefail
@@ -12,6 +13,13 @@ if [ -f "$GUT/golden.json" ] && [ ! -f device-carry/gutenberg-23m/golden.json ];
   mkdir -p device-carry/gutenberg-23m
   cp "$GUT"/config.json "$GUT"/golden.json "$GUT"/model.safetensors.index.json "$GUT"/*.safetensors device-carry/gutenberg-23m/
   echo "gpu-deps: gutenberg-23m in device-carry/gutenberg-23m"
+fi
+# Its pq-norm 4-bit codebook (the GPU's real-model PQ test), from an evaluation run's work folder
+# (scripts/eval-results.sh calibrates it) or CODEBOOK=file.
+CB=${CODEBOOK:-${WORK:-/tmp/million-eval}/gutenberg-23m-pq-norm-4bit.cb}
+if [ -f "$CB" ] && [ ! -f device-carry/gutenberg-23m-pq-norm-4bit.cb ]; then
+  mkdir -p device-carry && cp "$CB" device-carry/gutenberg-23m-pq-norm-4bit.cb
+  echo "gpu-deps: $CB in device-carry/"
 fi
 if [ -f .gpu-deps/include/fmt/format.h ]; then
   echo "gpu-deps: .gpu-deps/include/fmt present"
