@@ -81,7 +81,7 @@ struct LlamaHostWeights {
 
 /// Loads a Hugging Face Llama directory (config.json + safetensors, f32 / f16 / bf16) and sets
 /// `shape` from its config (llama_gpu_load.cpp). Throws UnsupportedError for what the GPU path
-/// lacks (RoPE scaling, q/k/v biases, sliding windows, head_dim other than 64 / 128).
+/// lacks (RoPE scaling, q/k/v biases, sliding windows).
 LlamaHostWeights load_llama_hf(const std::string& dir, LlamaShape& shape);
 /// Loads a llama2.c checkpoint (legacy format: 7 int32 header, f32 tensors; models/stories260K).
 LlamaHostWeights load_llama2c(const std::string& path, LlamaShape& shape);
