@@ -5,12 +5,18 @@
 // warm-up steps; each step waits for the previous one, as sampling would), eager kernel launches
 // and one CUDA graph per step side by side. A cache that does not fit is refused up front with the memory it would need,
 // and the table says so. Bytes per token: bf16 weights + the cache read by attention.
+// Then prefill: a prompt of --prefill tokens (0: none) from an empty cache in prefill() chunks
+// of --chunk tokens, for the fp16, pq4w and pq4n caches (the window's codes are written by the
+// chunk), timed from the first chunk to the last logits.
 //   bench_cuda_model [--out FILE] [--steps N] [--batch B] [--contexts 32768,131072]
 //                    [--caches f16,pq4,pq4w,pq2] [--pq-1m 1]   (pq-1m: also the 1M-token rows)
+//                    [--prefill 8192] [--chunk 512]
 // pq4w: 4-bit codes plus the newest 128 tokens exact (fp16 window), encoding on a side stream;
 // pq4n: the same with the normalised variant (rotation, key channel-groups of 128, value norms).
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -38,7 +44,7 @@ std::vector<std::string> split(const std::string& s) {
 
 int main(int argc, char** argv) {
   std::string out_path;
-  int steps = 16, batch = 1;
+  int steps = 16, batch = 1, prefill = 8192, chunk = 512;
   bool pq_1m = true;
   std::vector<std::string> contexts{"32768", "131072"}, caches{"f16", "pq4", "pq4w", "pq4n"};
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -49,6 +55,8 @@ int main(int argc, char** argv) {
     else if (k == "--contexts") contexts = split(v);
     else if (k == "--caches") caches = split(v);
     else if (k == "--pq-1m") pq_1m = v != "0";
+    else if (k == "--prefill") prefill = std::stoi(v);
+    else if (k == "--chunk") chunk = std::stoi(v);
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -128,6 +136,44 @@ int main(int argc, char** argv) {
       std::snprintf(line, sizeof line, "| %s | %d | %lld | refused: %s | | | |\n", name.c_str(), batch, r.ctx, e.what());
     }
     row(line);
+  }
+  if (prefill > 0) {
+    md << "\nPrefill: a " << prefill << "-token prompt (random tokens) from an empty cache in chunks of " << chunk
+       << " tokens per sequence (attention in the chunk over exact K/V, earlier chunks read from the cache as decode "
+          "reads them; PQ codes written per chunk); timed from the first chunk to the last logits.\n\n"
+       << "| cache | batch | prompt | chunk | seconds | tokens/s |\n|---|---:|---:|---:|---:|---:|\n";
+    for (const std::string c : {"f16", "pq4w", "pq4n"}) {
+      GpuLlamaOptions o;
+      o.batch = batch;
+      o.capacity = prefill;
+      o.cache = c == "f16" ? GpuCache::kF16 : GpuCache::kPQ;
+      o.pq_M = c == "f16" ? 0 : 64;
+      o.pq_window = c == "f16" ? 0 : 128;
+      o.pq_rotate = o.pq_k_channel_group = o.pq_v_token_norm = c == "pq4n";
+      o.prefill_chunk = chunk;
+      char line[600];
+      try {
+        GpuLlama model(shape, o);
+        model.init_random(1);
+        std::vector<int> tokens(static_cast<std::size_t>(batch) * chunk);
+        for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 7919) % shape.vocab);
+        model.prefill(std::vector<int>(tokens.begin(), tokens.begin() + batch * std::min(chunk, 64)), std::min(chunk, 64));
+        model.reset();  // warm-up: cuBLAS heuristics, module loading
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int done = 0; done < prefill; done += chunk) {
+          const int n = std::min(chunk, prefill - done);
+          std::vector<int> part;
+          for (int b = 0; b < batch; ++b) part.insert(part.end(), tokens.begin() + b * chunk, tokens.begin() + b * chunk + n);
+          model.prefill(part, n);  // returns when the chunk's logits are ready
+        }
+        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::snprintf(line, sizeof line, "| %s | %d | %d | %d | %.2f | %.0f |\n", c.c_str(), batch, prefill, chunk, sec,
+                      static_cast<double>(prefill) * batch / sec);
+      } catch (const ResourceError& e) {
+        std::snprintf(line, sizeof line, "| %s | %d | %d | %d | refused: %s | |\n", c.c_str(), batch, prefill, chunk, e.what());
+      }
+      row(line);
+    }
   }
   std::printf("\n%s", md.str().c_str());
   if (!out_path.empty()) std::ofstream(out_path) << md.str();

@@ -11,6 +11,10 @@
 // probabilities). Outputs start as NaN and sit between guard regions that must stay intact.
 // Normalised codebooks (token norms, channel-groups of 64-1024 tokens, K and V each) against
 // the same reference over K/V denormalised on the host with the f16 parameters.
+// Prefill attention (a chunk of queries, causal) against dense_attention_ref over the K/V every
+// position holds in its source: an fp16 cache; PQ codes only (stress mode); and codes + sinks +
+// ring + the chunk's own f32 K/V (GpuLlama's window), with normalised codes, where the ring
+// slot the chunk must not see is NaN.
 #include <cuda_fp16.h>
 #include <gtest/gtest.h>
 
@@ -18,12 +22,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "backends/cuda/cuda_attention.h"
 #include "backends/cuda/device_buffer.h"
+#include "backends/cuda/prefill_attention.h"
 #include "core/half.h"
 #include "kernels/dense_attention.h"
 #include "million/error.h"
@@ -652,6 +658,201 @@ TEST(CudaPQEncode, MatchesReferenceEncoder) {
   bad.pos0 = 0;
   bad.ksub = 100;
   EXPECT_THROW(pq_encode(bad, nullptr), InvalidArgumentError);
+}
+
+// One prefill case: batch 2 (sequence 1 checked), n_q queries from pos0. kind 0: fp16 cache;
+// 1: PQ codes of every position (stress); 2: sinks + codes + ring + chunk (window W), key
+// channel-groups and value norms on the codes.
+void prefill_case(int kind, int H, int Hkv, int D, int pos0, int n_q, int W, int S, std::mt19937& rng) {
+  const int B = 2, M = D / 2, dsub = 2, N = pos0 + n_q, group = 64;
+  const std::int64_t cap = N + 3;
+  std::normal_distribution<float> dist;
+  const std::size_t per_b = static_cast<std::size_t>(Hkv) * N * D;
+  std::vector<float> kd(B * per_b), vd(kd.size());  // what each position holds: [B, Hkv, N, D]
+  std::vector<float> q(static_cast<std::size_t>(B) * n_q * H * D);
+  for (auto& x : q) x = dist(rng);
+  PrefillAttentionArgs a;
+  a.batch = B;
+  a.n_heads = H;
+  a.n_kv_heads = Hkv;
+  a.head_dim = D;
+  a.n_q = n_q;
+  a.pos0 = pos0;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+  auto at = [&](int b, int h, std::int64_t t) { return ((static_cast<std::size_t>(b) * Hkv + h) * N + t) * D; };
+  // Buffers that must outlive the launch.
+  std::vector<std::unique_ptr<DeviceBuffer<std::uint16_t>>> halves;
+  std::vector<std::unique_ptr<DeviceBuffer<std::uint8_t>>> bytes;
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> floats;
+  auto up16 = [&](const std::vector<std::uint16_t>& v) {
+    halves.push_back(std::make_unique<DeviceBuffer<std::uint16_t>>(v.size()));
+    halves.back()->upload(v);
+    return halves.back()->get();
+  };
+  auto up8 = [&](const std::vector<std::uint8_t>& v) {
+    bytes.push_back(std::make_unique<DeviceBuffer<std::uint8_t>>(v.size()));
+    bytes.back()->upload(v);
+    return bytes.back()->get();
+  };
+  auto up32 = [&](const std::vector<float>& v) {
+    floats.push_back(std::make_unique<DeviceBuffer<float>>(v.size()));
+    floats.back()->upload(v);
+    return floats.back()->get();
+  };
+  if (kind == 0) {
+    std::vector<std::uint16_t> kc(static_cast<std::size_t>(B) * Hkv * cap * D), vc(kc.size());
+    for (int b = 0; b < B; ++b) {
+      for (int h = 0; h < Hkv; ++h) {
+        for (std::int64_t t = 0; t < cap; ++t) {
+          for (int d = 0; d < D; ++d) {
+            const std::size_t i = ((static_cast<std::size_t>(b) * Hkv + h) * cap + t) * D + d;
+            kc[i] = f32_to_f16(dist(rng));
+            vc[i] = f32_to_f16(dist(rng));
+            if (t < N) kd[at(b, h, t) + d] = f16_to_f32(kc[i]), vd[at(b, h, t) + d] = f16_to_f32(vc[i]);
+          }
+        }
+      }
+    }
+    a.cache_k = up16(kc);
+    a.cache_v = up16(vc);
+    a.cache_capacity = cap;
+  } else {
+    const int offset = kind == 1 ? 0 : S;
+    const std::int64_t n_codes = kind == 1 ? N : std::max(0, pos0 + 1 - W - S);
+    const std::size_t cb_elems = static_cast<std::size_t>(M) * 256 * dsub;
+    std::vector<std::uint16_t> cbk(cb_elems * Hkv), cbv(cbk.size());
+    for (auto& x : cbk) x = f32_to_f16(dist(rng));
+    for (auto& x : cbv) x = f32_to_f16(dist(rng));
+    std::vector<std::uint8_t> ck(static_cast<std::size_t>(B) * Hkv * cap * M), cv(ck.size());
+    for (auto& c : ck) c = static_cast<std::uint8_t>(rng());
+    for (auto& c : cv) c = static_cast<std::uint8_t>(rng());
+    const std::int64_t n_groups = (cap + group - 1) / group;
+    std::vector<std::uint16_t> gp(static_cast<std::size_t>(B) * Hkv * n_groups * 2 * D), vn(static_cast<std::size_t>(B) * Hkv * cap);
+    for (std::size_t i = 0; i < gp.size(); ++i) gp[i] = f32_to_f16((i / D) % 2 == 0 ? dist(rng) : 0.5f + std::fabs(dist(rng)));
+    for (auto& x : vn) x = f32_to_f16(0.5f + std::fabs(dist(rng)));
+    const bool norm = kind == 2;
+    for (int b = 0; b < B; ++b) {
+      for (int h = 0; h < Hkv; ++h) {
+        const std::size_t sh = static_cast<std::size_t>(b) * Hkv + h;
+        for (std::int64_t c = 0; c < n_codes; ++c) {
+          for (int d = 0; d < D; ++d) {
+            const int m = d / dsub, e = d % dsub;
+            const std::size_t row = (sh * cap + c) * M;
+            float kk = f16_to_f32(cbk[h * cb_elems + (static_cast<std::size_t>(m) * 256 + ck[row + m]) * dsub + e]);
+            float vv = f16_to_f32(cbv[h * cb_elems + (static_cast<std::size_t>(m) * 256 + cv[row + m]) * dsub + e]);
+            if (norm) {
+              const std::size_t g = (sh * n_groups + c / group) * 2 * D;
+              kk = f16_to_f32(gp[g + d]) + f16_to_f32(gp[g + D + d]) * kk;
+              vv *= f16_to_f32(vn[sh * cap + c]);
+            }
+            kd[at(b, h, c + offset) + d] = kk;
+            vd[at(b, h, c + offset) + d] = vv;
+          }
+        }
+      }
+    }
+    std::vector<std::uint8_t> ik(ck.size()), iv(cv.size());
+    interleave_pq_codes(ck.data(), ik.data(), ck.size() / M, M, false);
+    interleave_pq_codes(cv.data(), iv.data(), cv.size() / M, M, true);
+    a.M = M;
+    a.codes_k = up8(ik);
+    a.codes_v = up8(iv);
+    a.cb_k = up16(cbk);
+    a.cb_v = up16(cbv);
+    a.cb_k_head_stride = a.cb_v_head_stride = static_cast<std::int64_t>(cb_elems);
+    a.codes_capacity = cap;
+    a.n_codes = n_codes;
+    a.codes_offset = offset;
+    if (norm) {
+      a.k_group_params = up16(gp);
+      a.v_token_norm = up16(vn);
+      a.norm_group = group;
+    }
+    if (kind == 2) {  // sinks and ring as GpuLlama keeps them before the chunk; the chunk in f32
+      const int slots = S + W;
+      std::vector<std::uint16_t> rk(static_cast<std::size_t>(B) * Hkv * slots * D, 0x7e00), rv(rk.size(), 0x7e00);  // NaN
+      std::vector<float> chk(static_cast<std::size_t>(B) * n_q * Hkv * D), chv(chk.size());
+      for (int b = 0; b < B; ++b) {
+        for (int h = 0; h < Hkv; ++h) {
+          const std::size_t sh = static_cast<std::size_t>(b) * Hkv + h;
+          for (int t = 0; t < pos0; ++t) {
+            const bool sink = t < S, in_ring = t >= pos0 + 1 - W;
+            if (!sink && !in_ring) continue;
+            const int slot = sink ? t : S + (t - S) % W;
+            for (int d = 0; d < D; ++d) {
+              const std::size_t i = (sh * slots + slot) * D + d;
+              rk[i] = f32_to_f16(dist(rng));
+              rv[i] = f32_to_f16(dist(rng));
+              kd[at(b, h, t) + d] = f16_to_f32(rk[i]);
+              vd[at(b, h, t) + d] = f16_to_f32(rv[i]);
+            }
+          }
+          for (int j = 0; j < n_q; ++j) {
+            for (int d = 0; d < D; ++d) {
+              const std::size_t i = ((static_cast<std::size_t>(b) * n_q + j) * Hkv + h) * D + d;
+              chk[i] = dist(rng);
+              chv[i] = dist(rng);
+              kd[at(b, h, pos0 + j) + d] = f16_to_f32(f32_to_f16(chk[i]));  // read rounded to fp16
+              vd[at(b, h, pos0 + j) + d] = f16_to_f32(f32_to_f16(chv[i]));
+            }
+          }
+        }
+      }
+      a.ring_k = up16(rk);
+      a.ring_v = up16(rv);
+      a.sinks = S;
+      a.window = W;
+      a.ring_min_pos = pos0 + 1 - W;
+      a.chunk_k = up32(chk);
+      a.chunk_v = up32(chv);
+    }
+  }
+  for (float x : kd) ASSERT_TRUE(std::isfinite(x)) << "test setup: a position without keys";
+  DeviceBuffer<float> dq(q.size());
+  dq.upload(q);
+  GuardedOut out(q.size());
+  a.q = dq.get();
+  a.out = out.out();
+  prefill_attention(a, nullptr);
+  check(cudaDeviceSynchronize(), "sync");
+  bool guards = false;
+  const auto got = out.result(guards);
+  EXPECT_TRUE(guards);
+  const char* names[] = {"fp16 cache", "codes (stress)", "sinks + codes + ring + chunk, normalised"};
+  for (int b = 0; b < B; ++b) {
+    std::vector<float> want(static_cast<std::size_t>(n_q) * H * D);
+    DenseAttentionArgs r;
+    r.n_queries = n_q;
+    r.pos0 = pos0;
+    r.n_heads = H;
+    r.n_kv_heads = Hkv;
+    r.head_dim = D;
+    r.scale = a.scale;
+    r.q = q.data() + static_cast<std::size_t>(b) * n_q * H * D;
+    r.k = kd.data() + b * per_b;
+    r.v = vd.data() + b * per_b;
+    r.kv_head_stride = static_cast<std::int64_t>(N) * D;
+    r.out = want.data();
+    dense_attention_ref(r);
+    const auto first = got.begin() + static_cast<std::ptrdiff_t>(b) * n_q * H * D;
+    const std::string what = std::string("prefill ") + names[kind] + " H=" + std::to_string(H) + "/" + std::to_string(Hkv) +
+                             " D=" + std::to_string(D) + " pos0=" + std::to_string(pos0) + " n_q=" + std::to_string(n_q) +
+                             " b=" + std::to_string(b);
+    expect_close(std::vector<float>(first, first + static_cast<std::ptrdiff_t>(want.size())), want, what);
+  }
+}
+
+TEST(CudaPrefillAttention, EqualsDenseCausalAttentionOverEachSource) {
+  std::mt19937 rng(7);
+  prefill_case(0, 8, 2, 128, 37, 50, 0, 0, rng);
+  prefill_case(0, 4, 4, 64, 0, 70, 0, 0, rng);
+  prefill_case(0, 32, 8, 128, 300, 65, 0, 0, rng);
+  prefill_case(0, 2, 1, 8, 5, 9, 0, 0, rng);
+  prefill_case(1, 8, 2, 128, 37, 50, 0, 0, rng);
+  prefill_case(1, 16, 2, 64, 100, 33, 0, 0, rng);
+  prefill_case(2, 8, 2, 128, 200, 40, 64, 4, rng);
+  prefill_case(2, 4, 1, 64, 150, 90, 20, 0, rng);   // chunk longer than the window
+  prefill_case(2, 8, 2, 128, 10, 30, 64, 4, rng);   // no codes yet, a partly filled ring
 }
 
 TEST(CudaDecodeAttention, RejectsUnsupportedShapes) {

@@ -144,7 +144,7 @@ struct Reference {
     return cache[t] = c;
   }
   // One layer's attention and the rest of its block for the normalised variant.
-  void attend_normed(int l, int pos, const std::vector<double>& q, const std::vector<double>& k,
+  void attend_normed(int l, int pos, int chunk_start, const std::vector<double>& q, const std::vector<double>& k,
                      const std::vector<double>& v, std::vector<double>& x) {
     const int H = s.n_heads, Hkv = s.n_kv_heads, hd = s.head_dim, G = H / Hkv, qd = H * hd;
     const auto& L = w.layers[static_cast<std::size_t>(l)];
@@ -166,7 +166,7 @@ struct Reference {
       K.insert(K.end(), kk.begin(), kk.end());
       V.insert(V.end(), vv.begin(), vv.end());
     }
-    const int first_exact = std::max(0, pos + 1 - window);
+    const int first_exact = std::max(0, chunk_start + 1 - window);
     auto exact = [&](int t) { return t < sinks || t >= first_exact; };
     std::vector<float> att(static_cast<std::size_t>(qd));
     for (int h = 0; h < H; ++h) {
@@ -210,7 +210,11 @@ struct Reference {
     for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] += static_cast<float>(d[static_cast<std::size_t>(i)]);
   }
 
-  std::vector<double> step(int token, int pos) {
+  // The logits of `token` at `pos`, fed in a prefill chunk that starts at chunk_start (a decode
+  // step: chunk_start = pos). With an exact window, the chunk's tokens and the window - 1 before
+  // it are read exact; without one (stress), every token from its codes.
+  std::vector<double> step(int token, int pos, int chunk_start = -1) {
+    if (chunk_start < 0) chunk_start = pos;
     const int H = s.n_heads, Hkv = s.n_kv_heads, hd = s.head_dim, G = H / Hkv;
     const int qd = H * hd, kd = Hkv * hd;
     if (kc.empty()) {
@@ -241,7 +245,7 @@ struct Reference {
       rope(q, H);
       rope(k, Hkv);
       if (normed()) {
-        attend_normed(l, pos, q, k, v, x);
+        attend_normed(l, pos, chunk_start, q, k, v, x);
         continue;
       }
       // Appends this token's K / V (as `coded` says: PQ round trip or fp16) to K, V [Hkv][t][hd].
@@ -279,7 +283,7 @@ struct Reference {
       };
       append(kc[static_cast<std::size_t>(l)], vc[static_cast<std::size_t>(l)], pq);
       append(kx[static_cast<std::size_t>(l)], vx[static_cast<std::size_t>(l)], false);
-      const std::int64_t first_exact = pq && window > 0 ? std::max(0, pos + 1 - window) : (pq ? pos + 1 : 0);
+      const std::int64_t first_exact = pq && window > 0 ? std::max(0, chunk_start + 1 - window) : (pq ? pos + 1 : 0);
       auto Kat = [&](int h, int t, int i) {
         const auto& K = t >= first_exact ? kx[static_cast<std::size_t>(l)] : kc[static_cast<std::size_t>(l)];
         return static_cast<double>(K[(static_cast<std::size_t>(h) * (pos + 1) + t) * hd + i]);
@@ -385,8 +389,10 @@ struct NormOpts {
   int sinks = 0;
 };
 
+// chunks: the first tokens go through prefill() in chunks of these lengths (every position's
+// logits checked), the rest through step().
 void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int batch, std::uint32_t seed,
-              bool graph = true, int window = 0, NormOpts nopt = {}, int steps = 23) {
+              bool graph = true, int window = 0, NormOpts nopt = {}, int steps = 23, std::vector<int> chunks = {}) {
   std::mt19937 rng(seed);
   LlamaShape sh = s;
   sh.rope_interleaved = interleaved;
@@ -403,6 +409,8 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
   o.pq_v_token_norm = nopt.vtn;
   o.pq_norm_group = nopt.group;
   o.pq_sinks = nopt.sinks;
+  o.prefill_chunk = chunks.empty() ? 0 : *std::max_element(chunks.begin(), chunks.end());
+  o.prefill_all_logits = true;
   GpuLlama gpu(sh, o);
   gpu.upload_weights(ref.w);
   if (cache == GpuCache::kPQ) {
@@ -446,33 +454,61 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
   Reference ref_last = ref;
   double worst = 0;
   std::vector<float> first;
-  for (int p = 0; p < steps; ++p) {
+  const std::vector<int> checked = batch == 1 ? std::vector<int>{0} : std::vector<int>{0, batch - 1};
+  // got: [batch, n, vocab] logits of positions p0 .. p0 + n - 1, fed in one chunk from p0.
+  auto compare = [&](const std::vector<float>& got, int p0, int n) {
+    for (int which : checked) {
+      Reference& r = which == 0 ? ref : ref_last;
+      for (int j = 0; j < n; ++j) {
+        const int p = p0 + j;
+        const auto want = r.step(toks[static_cast<std::size_t>(p)][static_cast<std::size_t>(which)], p, p0);
+        double scale = 1e-3, err = 0;
+        for (double x : want) scale = std::max(scale, std::fabs(x));
+        const float* g = got.data() + (static_cast<std::size_t>(which) * n + j) * sh.vocab;
+        for (int i = 0; i < sh.vocab; ++i) err = std::max(err, std::fabs(g[i] - want[static_cast<std::size_t>(i)]));
+        worst = std::max(worst, err / scale);
+        ASSERT_LE(err, (cache == GpuCache::kPQ ? 3e-2 : 2e-2) * scale)
+            << (cache == GpuCache::kPQ ? "pq" : "f16") << " head_dim " << sh.head_dim << " position " << p << " (chunk from "
+            << p0 << ", " << n << " tokens) sequence " << which;
+      }
+    }
+  };
+  int p = 0;
+  for (int n : chunks) {
+    std::vector<int> flat;  // sequence-major
+    for (int b = 0; b < batch; ++b) {
+      for (int j = 0; j < n; ++j) flat.push_back(toks[static_cast<std::size_t>(p + j)][static_cast<std::size_t>(b)]);
+    }
+    const float* d_logits = gpu.prefill(flat, n);
+    std::vector<float> got(static_cast<std::size_t>(batch) * n * sh.vocab);
+    check(cudaMemcpy(got.data(), d_logits, got.size() * 4, cudaMemcpyDeviceToHost), "logits");
+    compare(got, p, n);
+    if (::testing::Test::HasFatalFailure()) return;
+    p += n;
+  }
+  ASSERT_EQ(gpu.position(), p);
+  for (; p < steps; ++p) {
     const float* d_logits = gpu.step(toks[static_cast<std::size_t>(p)]);
     std::vector<float> got(static_cast<std::size_t>(batch) * sh.vocab);
     check(cudaStreamSynchronize(gpu.stream()), "sync");
     check(cudaMemcpy(got.data(), d_logits, got.size() * 4, cudaMemcpyDeviceToHost), "logits");
     if (p == 0) first = got;
-    const std::vector<int> checked = batch == 1 ? std::vector<int>{0} : std::vector<int>{0, batch - 1};
-    for (int which : checked) {
-      Reference& r = which == 0 ? ref : ref_last;
-      const auto want = r.step(toks[static_cast<std::size_t>(p)][static_cast<std::size_t>(which)], p);
-      double scale = 1e-3, err = 0;
-      for (double x : want) scale = std::max(scale, std::fabs(x));
-      for (int i = 0; i < sh.vocab; ++i) {
-        err = std::max(err, std::fabs(got[static_cast<std::size_t>(which) * sh.vocab + i] - want[static_cast<std::size_t>(i)]));
-      }
-      worst = std::max(worst, err / scale);
-      ASSERT_LE(err, (cache == GpuCache::kPQ ? 3e-2 : 2e-2) * scale) << (cache == GpuCache::kPQ ? "pq" : "f16") << " head_dim " << sh.head_dim
-                                   << " step " << p << " sequence " << which;
-    }
+    compare(got, p, 1);
+    if (::testing::Test::HasFatalFailure()) return;
   }
-  std::printf("GpuLlama %s%s sinks %d window %d head_dim %d GQA %d batch %d rope %s %s: worst logit error %.3g of the logit scale\n",
+  std::string chunk_list;
+  for (int n : chunks) chunk_list += (chunk_list.empty() ? " prefill chunks " : ",") + std::to_string(n);
+  std::printf("GpuLlama %s%s sinks %d window %d head_dim %d GQA %d batch %d rope %s %s%s: worst logit error %.3g of the logit scale\n",
               cache == GpuCache::kPQ ? "pq" : "f16", nopt.rotate || nopt.kcg || nopt.vtn ? "-norm" : "", nopt.sinks, window,
               sh.head_dim, sh.n_heads / sh.n_kv_heads, batch,
-              interleaved ? "interleaved" : "half", graph ? "graph" : "eager", worst);
+              interleaved ? "interleaved" : "half", graph ? "graph" : "eager", chunk_list.c_str(), worst);
   EXPECT_THROW(gpu.step(toks[0]), InvalidArgumentError);  // the cache is full
+  if (!chunks.empty()) {
+    EXPECT_THROW(gpu.prefill(std::vector<int>(static_cast<std::size_t>(batch), 0), 1), InvalidArgumentError);
+  }
   gpu.reset();  // an empty cache again: the first step's logits come back exactly
   EXPECT_EQ(gpu.position(), 0);
+  if (first.empty()) return;  // the run began with a prefill
   const float* d_logits = gpu.step(toks[0]);
   std::vector<float> again(first.size());
   check(cudaStreamSynchronize(gpu.stream()), "sync");
@@ -513,6 +549,22 @@ TEST(GpuLlama, PQNormalisedMatchesReference) {
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 34, /*graph=*/true, /*window=*/8, {true, false, true, 64}, 40);
 }
 
+// Chunked prefill (prefill_attention + the chunk's writes / encodes) against the reference with
+// chunk semantics, every position's logits, then decode steps after it: fp16 (head_dim 64 and 8),
+// stress-mode PQ (the chunk reads its own codes), PQ windows shorter and longer than the chunks,
+// dsub 4, the normalised variant with sinks over chunks that complete key channel-groups.
+TEST(GpuLlama, PrefillMatchesReference) {
+  run_case(tiny(64, 4, 2), GpuCache::kF16, 0, false, 2, 51, /*graph=*/true, 0, {}, 23, {7, 1, 9});
+  run_case(tiny(8, 4, 4), GpuCache::kF16, 0, true, 1, 52, /*graph=*/false, 0, {}, 23, {23});
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 2, 53, /*graph=*/true, 0, {}, 23, {5, 11});
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 54, /*graph=*/true, /*window=*/5, {}, 23, {3, 9, 1, 4});
+  run_case(tiny(128, 8, 2), GpuCache::kPQ, 32, true, 1, 55, /*graph=*/false, /*window=*/5, {}, 23, {12});
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 56, /*graph=*/true, /*window=*/64, {true, true, true, 64, 4}, 160,
+           {40, 70, 30});
+  run_case(tiny(64, 2, 1), GpuCache::kPQ, 32, false, 2, 57, /*graph=*/true, /*window=*/8, {true, false, true, 64, 0}, 40,
+           {20, 3});
+}
+
 // Exact sinks (the CPU's pq-norm default keeps 4): with the normalised variant, whose codes,
 // norms and channel-groups then count from the first token after the sinks, and with plain PQ.
 TEST(GpuLlama, PQSinksMatchReference) {
@@ -536,6 +588,8 @@ std::string gutenberg_dir() {
 // logits against Hugging Face's (f32 weights and activations; ours: bf16 weights — the file's
 // dtype — and bf16 GEMM inputs), then the 48 greedy tokens teacher-forced: our argmax must equal
 // Hugging Face's wherever its top-1 margin exceeds twice the bound on logit error.
+// Decode steps token by token, and prefill (the prompt in chunks of 64, then Hugging Face's
+// continuation teacher-forced in one chunk): the same bounds.
 TEST(GpuLlama, GutenbergMatchesGolden) {
   const std::string dir = gutenberg_dir();
   if (dir.empty()) GTEST_SKIP() << "gutenberg-23m not found (set MILLION_GUTENBERG_DIR or place it in ../shared/models)";
@@ -549,35 +603,60 @@ TEST(GpuLlama, GutenbergMatchesGolden) {
     const std::vector<double> want = pr["last_logits"].get<std::vector<double>>();
     const std::vector<int> greedy = pr["greedy_ids"].get<std::vector<int>>();
     const std::vector<double> margins = pr["greedy_top1_margins"].get<std::vector<double>>();
-    GpuLlamaOptions o;
-    o.capacity = static_cast<std::int64_t>(ids.size() + greedy.size());
-    GpuLlama gpu(shape, o);
-    gpu.upload_weights(w);
-    std::vector<float> logits(static_cast<std::size_t>(shape.vocab));
-    auto step = [&](int token) {
-      const float* d = gpu.step({token});
-      check(cudaStreamSynchronize(gpu.stream()), "sync");
-      check(cudaMemcpy(logits.data(), d, logits.size() * 4, cudaMemcpyDeviceToHost), "logits");
-    };
-    for (int t : ids) step(t);
-    double err = 0;
-    for (std::size_t i = 0; i < want.size(); ++i) err = std::max(err, std::fabs(logits[i] - want[i]));
-    const auto argmax = [&] { return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin()); };
-    EXPECT_LE(err, kLogitBound) << pr["name"];
-    int checked = 0, agree = 0;
-    for (std::size_t i = 0; i < greedy.size(); ++i) {
-      if (i > 0) step(greedy[i - 1]);  // teacher-forced: Hugging Face's continuation
-      const bool clear = margins[i] > 2 * kLogitBound;
-      const bool same = argmax() == greedy[i];
-      agree += same;
-      if (clear) {
-        ++checked;
-        EXPECT_TRUE(same) << pr["name"] << " greedy step " << i << " (margin " << margins[i] << ")";
+    for (bool use_prefill : {false, true}) {
+      const char* mode = use_prefill ? "prefill" : "decode steps";
+      GpuLlamaOptions o;
+      o.capacity = static_cast<std::int64_t>(ids.size() + greedy.size());
+      o.prefill_chunk = 64;
+      o.prefill_all_logits = true;
+      GpuLlama gpu(shape, o);
+      gpu.upload_weights(w);
+      const std::size_t V = static_cast<std::size_t>(shape.vocab);
+      std::vector<float> logits;  // [positions fed by the last call, vocab]
+      auto feed = [&](const std::vector<int>& toks) {
+        const float* d = use_prefill ? gpu.prefill(toks, static_cast<int>(toks.size())) : gpu.step(toks);
+        check(cudaStreamSynchronize(gpu.stream()), "sync");
+        logits.resize(toks.size() * V);
+        check(cudaMemcpy(logits.data(), d, logits.size() * 4, cudaMemcpyDeviceToHost), "logits");
+      };
+      const std::size_t per_call = use_prefill ? 64 : 1;
+      for (std::size_t i = 0; i < ids.size(); i += per_call) {
+        feed(std::vector<int>(ids.begin() + static_cast<std::ptrdiff_t>(i),
+                              ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), i + per_call))));
       }
+      std::vector<float> last(logits.end() - static_cast<std::ptrdiff_t>(V), logits.end());
+      double err = 0;
+      for (std::size_t i = 0; i < want.size(); ++i) err = std::max(err, std::fabs(last[i] - want[i]));
+      EXPECT_LE(err, kLogitBound) << pr["name"] << " " << mode;
+      // Row r of the continuation's logits: greedy step r (row 0: the prompt's last position).
+      std::vector<std::vector<float>> rows{last};
+      if (use_prefill) {
+        feed(std::vector<int>(greedy.begin(), greedy.end() - 1));  // teacher-forced: Hugging Face's continuation
+        for (std::size_t r = 0; r + 1 < greedy.size(); ++r) {
+          rows.emplace_back(logits.begin() + static_cast<std::ptrdiff_t>(r * V), logits.begin() + static_cast<std::ptrdiff_t>((r + 1) * V));
+        }
+      } else {
+        for (std::size_t r = 0; r + 1 < greedy.size(); ++r) {
+          feed({greedy[r]});
+          rows.push_back(logits);
+        }
+      }
+      int checked = 0, agree = 0;
+      for (std::size_t i = 0; i < greedy.size(); ++i) {
+        const auto& l = rows[i];
+        const bool clear = margins[i] > 2 * kLogitBound;
+        const bool same = static_cast<int>(std::max_element(l.begin(), l.end()) - l.begin()) == greedy[i];
+        agree += same;
+        if (clear) {
+          ++checked;
+          EXPECT_TRUE(same) << pr["name"] << " " << mode << " greedy step " << i << " (margin " << margins[i] << ")";
+        }
+      }
+      std::printf("gutenberg-23m %s (%zu tokens, %s): last-position logits max |diff| %.4f vs Hugging Face; greedy top-1 "
+                  "%d/%zu equal (%d with margin > %.2f checked)\n",
+                  pr["name"].get<std::string>().c_str(), ids.size(), mode, err, agree, greedy.size(), checked,
+                  2 * kLogitBound);
     }
-    std::printf("gutenberg-23m %s (%zu tokens): last-position logits max |diff| %.4f vs Hugging Face; greedy top-1 "
-                "%d/%zu equal (%d with margin > %.2f checked)\n",
-                pr["name"].get<std::string>().c_str(), ids.size(), err, agree, greedy.size(), checked, 2 * kLogitBound);
   }
 }
 

@@ -1,12 +1,17 @@
-// GpuLlama (llama_gpu.h): device buffers, the small fused kernels and one decode step.
+// GpuLlama (llama_gpu.h): device buffers, the small fused kernels, one decode step and one
+// prefill chunk.
 // Layouts (row-major, batch-major):
 //   weights (W = bf16, or f32 with GpuLlamaOptions::f32_weights): tok_embd / lm_head [vocab, hidden] W;
 //   per layer wqkv [q_dim + 2 kv_dim, hidden]
 //   (wq rows, then wk, then wv), wo [hidden, q_dim], wgu [2 ffn, hidden] (gate rows, then up),
 //   wdown [hidden, ffn] W; norms f32 [hidden]. One allocation for all of them.
-//   activations: x, tmp [B, hidden] f32; xb [B, max(hidden, q_dim, ffn)] W (GEMM inputs);
-//   qkv [B, q_dim + 2 kv_dim] f32; q, att [B, n_heads, head_dim] f32; k, v [B, n_kv, head_dim]
-//   f32; gu [B, 2 ffn] f32; logits [B, vocab] f32.
+//   activations, R = B * max(1, prefill_chunk) rows (a decode step uses the first B; a prefill
+//   chunk of n tokens B * n, sequence-major): x, tmp [R, hidden] f32; xb [R, max(hidden, q_dim,
+//   ffn)] W (GEMM inputs); qkv [R, q_dim + 2 kv_dim] f32; q, att [R, n_heads, head_dim] f32;
+//   k, v [R, n_kv, head_dim] f32; gu [R, 2 ffn] f32; logits [B, vocab] f32 ([R, vocab] with
+//   prefill_all_logits). Prefill only (PQ): pf_kr, pf_vr [R, n_kv, head_dim] f32 (the chunk's
+//   K/V as attention reads them: rotated when pq_rotate), pf_kx, pf_vx [B * n_kv, n, head_dim]
+//   f32 (the encoder's input, per (sequence, kv head)), pf_qr, pf_att [R, n_heads, head_dim].
 //   cache per layer: fp16 K, V [B, n_kv, capacity, head_dim]; or PQ codes [B, n_kv, capacity, M]
 //   u8 in the mma kernel's orders (keys / values) + codebooks [n_kv, M, 256, dsub] in fp16 (for
 //   attention) and f32 (for the encoder).
@@ -24,6 +29,7 @@
 #include <type_traits>
 
 #include "backends/cuda/cuda_attention.h"
+#include "backends/cuda/prefill_attention.h"
 #include "core/half.h"
 #include "million/error.h"
 
@@ -75,12 +81,13 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, T* out, int n, fl
   for (int i = threadIdx.x; i < n; i += blockDim.x) out[static_cast<std::int64_t>(blockIdx.x) * n + i] = from_f<T>(xr[i] * r * w[i]);
 }
 
-// Splits qkv rows into q [B, H, hd], k, v [B, Hkv, hd] and rotates q and k at position pos
-// (angles in double: pos * inv_freq reaches 1e6 radians at a million tokens).
-__global__ void rope_split_kernel(const float* qkv, const double* inv_freq, const std::int64_t* len, float* q,
-                                  float* k, float* v, int H, int Hkv, int hd, bool interleaved) {
+// Splits qkv rows into q [rows, H, hd], k, v [rows, Hkv, hd] and rotates q and k at the row's
+// position: *len - 1 (a decode step) or, with len null, pos0 + row % T (a prefill chunk of T
+// tokens per sequence). Angles in double: pos * inv_freq reaches 1e6 radians at a million tokens.
+__global__ void rope_split_kernel(const float* qkv, const double* inv_freq, const std::int64_t* len, std::int64_t pos0,
+                                  int T, float* q, float* k, float* v, int H, int Hkv, int hd, bool interleaved) {
   const int b = blockIdx.x, half = hd / 2;
-  const std::int64_t pos = *len - 1;
+  const std::int64_t pos = len ? *len - 1 : pos0 + b % T;
   const int qd = H * hd, kd = Hkv * hd;
   const float* row = qkv + static_cast<std::int64_t>(b) * (qd + 2 * kd);
   for (int i = threadIdx.x; i < (H + Hkv) * half; i += blockDim.x) {
@@ -98,28 +105,44 @@ __global__ void rope_split_kernel(const float* qkv, const double* inv_freq, cons
   for (int i = threadIdx.x; i < kd; i += blockDim.x) v[static_cast<std::int64_t>(b) * kd + i] = row[qd + kd + i];
 }
 
-// k, v [B * Hkv, hd] f32 -> fp16 caches [B * Hkv, capacity, hd] at pos.
+// k, v [B, T, Hkv, hd] f32 -> fp16 caches [B * Hkv, capacity, hd] at positions base .. base + T - 1,
+// base = *len - 1 (a decode step, T = 1) or pos0 (len null). One block per row of k.
 __global__ void append_f16_kernel(const float* k, const float* v, __half* kc, __half* vc, std::int64_t capacity,
-                                  const std::int64_t* len, int hd) {
-  const std::int64_t sh = blockIdx.x, pos = *len - 1;
+                                  const std::int64_t* len, std::int64_t pos0, int T, int Hkv, int hd) {
+  const std::int64_t row = blockIdx.x, kv = row % Hkv, j = row / Hkv % T, b = row / (static_cast<std::int64_t>(Hkv) * T);
+  const std::int64_t sh = b * Hkv + kv, pos = (len ? *len - 1 : pos0) + j;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-    kc[(sh * capacity + pos) * hd + i] = __float2half(k[sh * hd + i]);
-    vc[(sh * capacity + pos) * hd + i] = __float2half(v[sh * hd + i]);
+    kc[(sh * capacity + pos) * hd + i] = __float2half(k[row * hd + i]);
+    vc[(sh * capacity + pos) * hd + i] = __float2half(v[row * hd + i]);
   }
 }
 
+__global__ void set_len_kernel(std::int64_t* len, std::int64_t n) { *len = n; }
+
 __global__ void advance_kernel(std::int64_t* len) { *len += 1; }
 
-// k, v [B * Hkv, hd] f32 -> the exact buffers [B * Hkv, sinks + window, hd]: token t = len - 1
-// at slot t while t < sinks, else at sinks + (t - sinks) % window (a ring of the newest).
+// k, v [B, T, Hkv, hd] f32 -> the exact buffers [B * Hkv, sinks + window, hd]: token t (positions
+// base .. base + T - 1, base = *len - 1 with T = 1, or pos0 when len is null) at slot t while
+// t < sinks, else at sinks + (t - sinks) % window (a ring of the newest); tokens of a chunk that
+// the chunk's own newer ones push out of the window are skipped. One block per row of k.
 __global__ void append_ring_kernel(const float* k, const float* v, __half* rk, __half* rv, int sinks, int window,
-                                   const std::int64_t* len, int hd) {
-  const std::int64_t t = *len - 1, slot = t < sinks ? t : sinks + (t - sinks) % window, cap = sinks + window;
-  const std::int64_t sh = blockIdx.x;
+                                   const std::int64_t* len, std::int64_t pos0, int T, int Hkv, int hd) {
+  const std::int64_t row = blockIdx.x, kv = row % Hkv, j = row / Hkv % T, b = row / (static_cast<std::int64_t>(Hkv) * T);
+  const std::int64_t base = len ? *len - 1 : pos0, t = base + j;
+  if (t >= sinks && t < base + T - window) return;
+  const std::int64_t slot = t < sinks ? t : sinks + (t - sinks) % window, cap = sinks + window, sh = b * Hkv + kv;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-    rk[(sh * cap + slot) * hd + i] = __float2half(k[sh * hd + i]);
-    rv[(sh * cap + slot) * hd + i] = __float2half(v[sh * hd + i]);
+    rk[(sh * cap + slot) * hd + i] = __float2half(k[row * hd + i]);
+    rv[(sh * cap + slot) * hd + i] = __float2half(v[row * hd + i]);
   }
+}
+
+// Prefill: rows j0 .. j0 + n - 1 of each sequence of x [B, T, Hkv, hd] into y [B * Hkv, n, hd]
+// (the encoder's layout). One block per output row.
+__global__ void gather_rows_kernel(const float* x, float* y, int T, int Hkv, int j0, int n, int hd) {
+  const std::int64_t row = blockIdx.x, sh = row / n, j = row % n, b = sh / Hkv, kv = sh % Hkv;
+  const float* src = x + ((b * T + j0 + j) * Hkv + kv) * hd;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) y[row * hd + i] = src[i];
 }
 
 // y[row]_i = sum_j Mt[j][i] x[row]_j with Mt of row = mt + ((row / div) % n_kv) * hd * hd (div: the
@@ -144,11 +167,12 @@ __device__ __forceinline__ float round_f16(float x) {  // as pq/normalize.cpp: c
 }
 
 // Value token norms (token_norm_f16 / token_normalize of pq/normalize.cpp): the norm of each
-// row v [B * Hkv, hd] rounded to f16, stored at the new token's position, u = v * (1 / norm).
+// row v [B * Hkv, n, hd] rounded to f16, stored at its coded index (*len - 1 - sinks for the
+// new token of a decode step, n = 1; c0 + row % n with len null), u = v * (1 / norm).
 __global__ void vnorm_kernel(const float* v, float* u, __half* norms, std::int64_t capacity, const std::int64_t* len,
-                             int sinks, int hd) {
+                             int sinks, std::int64_t c0, int n, int hd) {
   __shared__ double red[32];
-  const std::int64_t sh = blockIdx.x;
+  const std::int64_t row = blockIdx.x, sh = row;
   double ss = 0.0;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += static_cast<double>(v[sh * hd + i]) * v[sh * hd + i];
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
@@ -157,8 +181,8 @@ __global__ void vnorm_kernel(const float* v, float* u, __half* norms, std::int64
   double tot = 0.0;
   for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) tot += red[w];
   const float nrm = round_f16(static_cast<float>(sqrt(tot)));
-  const std::int64_t c = *len - 1 - sinks;  // coded index (sinks are never coded)
-  if (threadIdx.x == 0 && c >= 0) norms[sh * capacity + c] = __float2half_rn(nrm);
+  const std::int64_t c = len ? *len - 1 - sinks : c0 + row % n;  // coded index (sinks are never coded)
+  if (threadIdx.x == 0 && c >= 0) norms[row / n * capacity + c] = __float2half_rn(nrm);
   const float inv = nrm > 0.0f ? 1.0f / nrm : 0.0f;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) u[sh * hd + i] = v[sh * hd + i] * inv;
 }
@@ -171,13 +195,23 @@ __global__ void kgroup_stage_kernel(const float* k, float* gbuf, int group, cons
   for (int i = threadIdx.x; i < hd; i += blockDim.x) gbuf[(sh * group + slot) * hd + i] = k[sh * hd + i];
 }
 
+// Prefill: keys [B * Hkv, n, hd] of coded indices c0 .. c0 + n - 1, those in [lo, hi), into the
+// staging rows gbuf at slot c % group. One block per (sequence, kv head) and token.
+__global__ void kgroup_stage_rows_kernel(const float* k, float* gbuf, int group, std::int64_t c0, int n, std::int64_t lo,
+                                         std::int64_t hi, int hd) {
+  const std::int64_t sh = blockIdx.x / n, j = blockIdx.x % n, c = c0 + j;
+  if (c < lo || c >= hi) return;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) gbuf[(sh * group + c % group) * hd + i] = k[(sh * n + j) * hd + i];
+}
+
 // When a group completes (len a multiple of group): per channel min and range over its tokens
 // (channel_group_params of pq/normalize.cpp, f16 values) into params [B * Hkv, n_groups, 2, hd],
 // and u = (x - min) / range into uk [B * Hkv, group, hd] for the encoder. One block per
 // (sequence, kv head), a thread per channel.
+// (A prefill passes len null and the coded count that completes the group.)
 __global__ void kgroup_kernel(const float* gbuf, __half* params, float* uk, int group, std::int64_t n_groups,
-                              const std::int64_t* len, int sinks, int hd) {
-  const std::int64_t coded = *len - sinks;
+                              const std::int64_t* len, int sinks, std::int64_t coded_host, int hd) {
+  const std::int64_t coded = len ? *len - sinks : coded_host;
   if (coded <= 0 || coded % group != 0) return;
   const std::int64_t sh = blockIdx.x, g = coded / group - 1;
   for (int c = threadIdx.x; c < hd; c += blockDim.x) {
@@ -314,6 +348,9 @@ struct GpuLlama::Impl {
   void* cache = nullptr;  // one allocation: every layer's cache (+ PQ codebooks)
   void* work = nullptr;   // one allocation: activations, workspace
   int* tokens = nullptr;      // device [batch]
+  int* pf_tokens = nullptr;   // device [R]: a prefill chunk's tokens
+  float *pf_kr = nullptr, *pf_vr = nullptr, *pf_kx = nullptr, *pf_vx = nullptr, *pf_qr = nullptr, *pf_att = nullptr;
+  std::int64_t rows = 0;      // R: activation rows (batch * max(1, prefill_chunk))
   int* host_tokens = nullptr; // pinned [batch]: the graph's copy reads it when it runs
   std::int64_t* len = nullptr;  // device: tokens in the cache once this step's token is appended
   float *x, *tmp, *qkv, *q, *k, *v, *att, *gu, *logits, *ws;
@@ -363,12 +400,23 @@ Sizes sizes(const LlamaShape& s) {
 }
 std::int64_t codebook_elems(const LlamaShape& s) { return static_cast<std::int64_t>(s.n_kv_heads) * s.head_dim * 256; }
 constexpr std::size_t kBlasWorkspace = 32u << 20;
-std::int64_t work_bytes(const LlamaShape& s, int B, int splits_max, bool f32_weights) {
+// Activation rows R (layouts at the top of this file).
+std::int64_t act_rows(const GpuLlamaOptions& o) { return static_cast<std::int64_t>(o.batch) * std::max(1, o.prefill_chunk); }
+std::int64_t logit_rows(const GpuLlamaOptions& o) { return o.prefill_all_logits ? act_rows(o) : o.batch; }
+// Prefill-only f32 buffers (pf_*) per activation row.
+std::int64_t prefill_floats_per_row(const LlamaShape& s, const GpuLlamaOptions& o) {
+  if (o.prefill_chunk < 1 || o.cache != GpuCache::kPQ) return 0;
   const Sizes z = sizes(s);
-  const std::int64_t f32 = B * (2ll * s.hidden + (z.q + 2 * z.kv) + 2 * z.q + 2 * z.kv + 2ll * s.ffn + s.vocab) +
-                           static_cast<std::int64_t>(B) * s.n_heads * splits_max * (s.head_dim + 2);
-  const std::int64_t xb = static_cast<std::int64_t>(B) * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
-  return 4 * f32 + (f32_weights ? 4 : 2) * xb + 8ll * s.head_dim + 4ll * B + 8 + 1024;
+  return 4 * z.kv + 2 * z.q;
+}
+std::int64_t work_bytes(const LlamaShape& s, const GpuLlamaOptions& o, int splits_max) {
+  const Sizes z = sizes(s);
+  const std::int64_t B = o.batch, R = act_rows(o);
+  const std::int64_t f32 = R * (2ll * s.hidden + (z.q + 2 * z.kv) + 2 * z.q + 2 * z.kv + 2ll * s.ffn) +
+                           logit_rows(o) * s.vocab + B * s.n_heads * splits_max * (s.head_dim + 2) +
+                           R * prefill_floats_per_row(s, o);
+  const std::int64_t xb = R * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
+  return 4 * f32 + (o.f32_weights ? 4 : 2) * xb + 8ll * s.head_dim + 4ll * B + 4 * R + 8 + 1024 + 16 * 16;  // + takef's alignment
 }
 
 }  // namespace
@@ -410,6 +458,7 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
     throw InvalidArgumentError("GpuLlama: the PQ cache needs head_dim 64 or 128");
   }
   if (opt_.batch < 1 || opt_.capacity < 1) throw InvalidArgumentError("GpuLlama: batch and capacity must be positive");
+  if (opt_.prefill_chunk < 0) throw InvalidArgumentError("GpuLlama: prefill_chunk must be >= 0");
   if (opt_.cache == GpuCache::kPQ) {
     const int dsub = opt_.pq_M > 0 && s.head_dim % opt_.pq_M == 0 ? s.head_dim / opt_.pq_M : 0;
     if (dsub != 2 && dsub != 4) throw InvalidArgumentError("GpuLlama: PQ cache needs M = head_dim / 2 or head_dim / 4");
@@ -434,7 +483,7 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
   check(cudaDeviceGetAttribute(&m.sm_count, cudaDevAttrMultiProcessorCount, dev), "SM count");
   const int splits_max = 4 * m.sm_count;
   const std::int64_t need_w = weight_bytes(s, opt_.f32_weights), need_c = cache_bytes(s, opt_),
-                     need_work = work_bytes(s, opt_.batch, splits_max, opt_.f32_weights) +
+                     need_work = work_bytes(s, opt_, splits_max) +
                                  static_cast<std::int64_t>(kBlasWorkspace);
   std::size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
@@ -549,27 +598,38 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
     }
     check(cudaMalloc(&m.work, static_cast<std::size_t>(need_work)), "cudaMalloc(work)");
     float* fp = static_cast<float*>(m.work);
-    auto takef = [&](std::int64_t n) {
+    auto takef = [&](std::int64_t n) {  // 16-byte aligned (the kernels load float4)
       float* p = fp;
-      fp += n;
+      fp += (n + 3) / 4 * 4;
       return p;
     };
     const int B = opt_.batch;
-    m.x = takef(static_cast<std::int64_t>(B) * s.hidden);
-    m.tmp = takef(static_cast<std::int64_t>(B) * s.hidden);
-    m.qkv = takef(B * (z.q + 2 * z.kv));
-    m.q = takef(B * z.q);
-    m.att = takef(B * z.q);
-    m.k = takef(B * z.kv);
-    m.v = takef(B * z.kv);
-    m.gu = takef(2ll * B * s.ffn);
-    m.logits = takef(static_cast<std::int64_t>(B) * s.vocab);
+    const std::int64_t R = act_rows(opt_);
+    m.rows = R;
+    m.x = takef(R * s.hidden);
+    m.tmp = takef(R * s.hidden);
+    m.qkv = takef(R * (z.q + 2 * z.kv));
+    m.q = takef(R * z.q);
+    m.att = takef(R * z.q);
+    m.k = takef(R * z.kv);
+    m.v = takef(R * z.kv);
+    m.gu = takef(2 * R * s.ffn);
+    m.logits = takef(logit_rows(opt_) * s.vocab);
     m.ws = takef(static_cast<std::int64_t>(B) * s.n_heads * splits_max * (s.head_dim + 2));
+    if (prefill_floats_per_row(s, opt_) > 0) {
+      m.pf_kr = takef(R * z.kv);
+      m.pf_vr = takef(R * z.kv);
+      m.pf_kx = takef(R * z.kv);
+      m.pf_vx = takef(R * z.kv);
+      m.pf_qr = takef(R * z.q);
+      m.pf_att = takef(R * z.q);
+    }
     m.xb = fp;
-    unsigned char* xb_end = reinterpret_cast<unsigned char*>(fp) + es * B * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
+    unsigned char* xb_end = reinterpret_cast<unsigned char*>(fp) + es * R * std::max<std::int64_t>({s.hidden, z.q, s.ffn});
     m.inv_freq = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(xb_end) + 15) & ~std::uintptr_t{15});
     m.len = reinterpret_cast<std::int64_t*>(m.inv_freq + s.head_dim / 2);
     m.tokens = reinterpret_cast<int*>(m.len + 1);
+    m.pf_tokens = m.tokens + B;
     check(cudaMallocHost(&m.host_tokens, sizeof(int) * static_cast<std::size_t>(B)), "cudaMallocHost(tokens)");
     check(cudaMemset(m.len, 0, sizeof(std::int64_t)), "cache length");
     // Splits for the capacity: the kernels read the length on the device and leave the splits
@@ -851,12 +911,12 @@ void GpuLlama::enqueue_step() {
   for (const auto& L : m.layers) {
     rmsnorm(L.attn_norm);
     gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden);
-    rope_split_kernel<<<B, 256, 0, stream_>>>(m.qkv, m.inv_freq, m.len, m.q, m.k, m.v, s.n_heads, s.n_kv_heads,
-                                              s.head_dim, s.rope_interleaved);
+    rope_split_kernel<<<B, 256, 0, stream_>>>(m.qkv, m.inv_freq, m.len, 0, 1, m.q, m.k, m.v, s.n_heads,
+                                              s.n_kv_heads, s.head_dim, s.rope_interleaved);
     if (opt_.cache == GpuCache::kF16) {
       append_f16_kernel<<<B * s.n_kv_heads, s.head_dim, 0, stream_>>>(m.k, m.v, static_cast<__half*>(L.kc),
-                                                                      static_cast<__half*>(L.vc), opt_.capacity, m.len,
-                                                                      s.head_dim);
+                                                                      static_cast<__half*>(L.vc), opt_.capacity, m.len, 0, 1,
+                                                                      s.n_kv_heads, s.head_dim);
       DenseDecodeArgs a{ds, L.kc, L.vc, m.q, m.att, scale};
       a.n_tokens_device = m.len;
       dense_decode_attention(a, m.ws, m.dense_splits, stream_);
@@ -886,15 +946,16 @@ void GpuLlama::enqueue_step() {
           check(cudaMemcpyAsync(L.stage_v, m.v, bytes, cudaMemcpyDeviceToDevice, stream_), "stage V");
         }
         append_ring_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(L.stage_k, L.stage_v, L.ring_k, L.ring_v,
-                                                                opt_.pq_sinks, opt_.pq_window, m.len, s.head_dim);
+                                                                opt_.pq_sinks, opt_.pq_window, m.len, 0, 1, s.n_kv_heads,
+                                                                s.head_dim);
         check(cudaEventRecord(L.staged, stream_), "cudaEventRecord");
         check(cudaStreamWaitEvent(m.side, L.staged, 0), "cudaStreamWaitEvent");
         enc = m.side;
         ek = L.stage_k;
         ev = L.stage_v;
         if (opt_.pq_v_token_norm) {
-          vnorm_kernel<<<rows_kv, 128, 0, enc>>>(L.stage_v, L.uv, L.vnorm, opt_.capacity, m.len, opt_.pq_sinks,
-                                                 s.head_dim);
+          vnorm_kernel<<<rows_kv, 128, 0, enc>>>(L.stage_v, L.uv, L.vnorm, opt_.capacity, m.len, opt_.pq_sinks, 0,
+                                                 1, s.head_dim);
           ev = L.uv;
         }
       }
@@ -902,7 +963,7 @@ void GpuLlama::enqueue_step() {
         const int g = opt_.pq_norm_group;
         kgroup_stage_kernel<<<rows_kv, s.head_dim, 0, enc>>>(L.stage_k, L.gbuf, g, m.len, opt_.pq_sinks, s.head_dim);
         kgroup_kernel<<<rows_kv, s.head_dim, 0, enc>>>(L.gbuf, L.kgp, L.uk, g, (opt_.capacity + g - 1) / g, m.len,
-                                                       opt_.pq_sinks, s.head_dim);
+                                                       opt_.pq_sinks, 0, s.head_dim);
         PQEncodeArgs ge = e;
         ge.n_tokens = g;
         ge.every = g;
@@ -986,6 +1047,217 @@ void GpuLlama::enqueue_step() {
     check(cudaStreamWaitEvent(stream_, m.joined, 0), "cudaStreamWaitEvent");
   }
   check(cudaGetLastError(), "decode step");
+}
+
+const float* GpuLlama::prefill(const std::vector<int>& tokens, int n) {
+  Impl& m = *impl_;
+  const int B = opt_.batch;
+  if (opt_.prefill_chunk < 1) throw InvalidArgumentError("GpuLlama::prefill: built with prefill_chunk 0");
+  if (n < 1 || n > opt_.prefill_chunk) {
+    throw InvalidArgumentError("GpuLlama::prefill: " + std::to_string(n) + " tokens per sequence, the chunk takes 1 to " +
+                               std::to_string(opt_.prefill_chunk));
+  }
+  if (tokens.size() != static_cast<std::size_t>(B) * static_cast<std::size_t>(n)) {
+    throw InvalidArgumentError("GpuLlama::prefill: expected batch x n tokens");
+  }
+  for (int t : tokens) {
+    if (t < 0 || t >= shape_.vocab) {
+      throw InvalidArgumentError("GpuLlama::prefill: token " + std::to_string(t) + " out of the vocabulary");
+    }
+  }
+  if (pos_ + n > opt_.capacity) {
+    throw InvalidArgumentError("GpuLlama::prefill: " + std::to_string(n) + " tokens at position " + std::to_string(pos_) +
+                               " overflow the cache (" + std::to_string(opt_.capacity) + " tokens)");
+  }
+  if (shape_.head_dim % 8 != 0) throw UnsupportedError("GpuLlama::prefill: head_dim must be a multiple of 8");
+  check(cudaMemcpyAsync(m.pf_tokens, tokens.data(), sizeof(int) * tokens.size(), cudaMemcpyHostToDevice, stream_),
+        "prefill tokens");
+  enqueue_prefill(n);
+  check(cudaStreamSynchronize(stream_), "prefill");  // the host vector is pageable: keep it simple and safe
+  pos_ += n;
+  return m.logits;
+}
+
+// One prefill chunk of T tokens per sequence at positions p0 .. p0 + T - 1, eagerly on stream_
+// (after whatever the side stream of earlier steps enqueued: those steps joined it).
+void GpuLlama::enqueue_prefill(int T) {
+  const LlamaShape& s = shape_;
+  const Sizes z = sizes(s);
+  Impl& m = *impl_;
+  const int B = opt_.batch, R = B * T, Hkv = s.n_kv_heads, hd = s.head_dim, G = s.n_heads / Hkv;
+  const std::int64_t p0 = pos_;
+  const float one = 1.0f, zero = 0.0f;
+  const cudaDataType_t wt = m.f32 ? CUDA_R_32F : CUDA_R_16BF;
+  const int es = m.f32 ? 4 : 2;
+  // y[rows, out] = x[rows, in] W^T, x rows `ldx` elements apart.
+  auto gemm = [&](const void* W, const void* x, float* y, std::int64_t out, std::int64_t in, int rows, std::int64_t ldx) {
+    check_blas(cublasGemmEx(m.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), rows, static_cast<int>(in), &one, W,
+                            wt, static_cast<int>(in), x, wt, static_cast<int>(ldx), &zero, y, CUDA_R_32F,
+                            static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx");
+  };
+  auto rmsnorm = [&](const float* w) {
+    if (m.f32) {
+      rmsnorm_kernel<float><<<R, 256, 0, stream_>>>(m.x, w, static_cast<float*>(m.xb), s.hidden, s.norm_eps);
+    } else {
+      rmsnorm_kernel<bf16><<<R, 256, 0, stream_>>>(m.x, w, static_cast<bf16*>(m.xb), s.hidden, s.norm_eps);
+    }
+  };
+  if (m.f32) {
+    embed_kernel<float><<<R, 256, 0, stream_>>>(static_cast<const float*>(m.tok_embd), m.pf_tokens, m.x, s.hidden);
+  } else {
+    embed_kernel<bf16><<<R, 256, 0, stream_>>>(static_cast<const bf16*>(m.tok_embd), m.pf_tokens, m.x, s.hidden);
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const bool pq = opt_.cache == GpuCache::kPQ, win = pq && opt_.pq_window > 0;
+  const int S = opt_.pq_sinks, W = opt_.pq_window;
+  // PQ: the chunk's tokens that get codes (all but sinks): rows j0 .. T - 1, coded indices c0 ..
+  const int j0 = static_cast<int>(std::clamp<std::int64_t>(S - p0, 0, T)), nc = T - j0;
+  const std::int64_t c0 = p0 + j0 - S;
+  for (const auto& L : m.layers) {
+    rmsnorm(L.attn_norm);
+    gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden, R, s.hidden);
+    rope_split_kernel<<<R, 256, 0, stream_>>>(m.qkv, m.inv_freq, nullptr, p0, T, m.q, m.k, m.v, s.n_heads, Hkv, hd,
+                                              s.rope_interleaved);
+    PrefillAttentionArgs a;
+    a.batch = B;
+    a.n_heads = s.n_heads;
+    a.n_kv_heads = Hkv;
+    a.head_dim = hd;
+    a.n_q = T;
+    a.pos0 = p0;
+    a.q = m.q;
+    a.out = m.att;
+    a.scale = scale;
+    if (!pq) {
+      append_f16_kernel<<<R * Hkv, hd, 0, stream_>>>(m.k, m.v, static_cast<__half*>(L.kc), static_cast<__half*>(L.vc),
+                                                     opt_.capacity, nullptr, p0, T, Hkv, hd);
+      a.cache_k = L.kc;
+      a.cache_v = L.vc;
+      a.cache_capacity = opt_.capacity;
+      prefill_attention(a, stream_);
+    } else {
+      const float *kr = m.k, *vr = m.v;  // the chunk's K/V in the codebooks' space
+      if (opt_.pq_rotate) {
+        rotate_kernel<<<R * Hkv, hd, 0, stream_>>>(m.k, m.pf_kr, L.rot_t, 1, Hkv, hd);
+        rotate_kernel<<<R * Hkv, hd, 0, stream_>>>(m.v, m.pf_vr, L.rot_v_t, 1, Hkv, hd);
+        rotate_kernel<<<R * s.n_heads, hd, 0, stream_>>>(m.q, m.pf_qr, L.rot_t, G, Hkv, hd);
+        kr = m.pf_kr;
+        vr = m.pf_vr;
+        a.q = m.pf_qr;
+        a.out = m.pf_att;
+      }
+      auto encode = [&] {  // the chunk's codes (coded indices c0 .. c0 + nc - 1)
+        if (nc < 1) return;
+        const unsigned rows = static_cast<unsigned>(B * Hkv * nc);
+        gather_rows_kernel<<<rows, hd, 0, stream_>>>(kr, m.pf_kx, T, Hkv, j0, nc, hd);
+        gather_rows_kernel<<<rows, hd, 0, stream_>>>(vr, m.pf_vx, T, Hkv, j0, nc, hd);
+        PQEncodeArgs e;
+        e.n_seq_heads = B * Hkv;
+        e.n_kv_heads = Hkv;
+        e.head_dim = hd;
+        e.M = opt_.pq_M;
+        e.ksub = 256;
+        e.cb_head_stride = codebook_elems(s) / Hkv;
+        e.capacity = opt_.capacity;
+        if (opt_.pq_k_channel_group) {  // every group the chunk completes, encoded whole
+          const int g = opt_.pq_norm_group;
+          for (std::int64_t gi = c0 / g; gi * g < c0 + nc; ++gi) {
+            const std::int64_t lo = gi * g, hi = lo + g;
+            kgroup_stage_rows_kernel<<<rows, hd, 0, stream_>>>(m.pf_kx, L.gbuf, g, c0, nc, lo, hi, hd);
+            if (hi > c0 + nc) break;  // incomplete: its keys wait in gbuf for the next tokens
+            kgroup_kernel<<<B * Hkv, hd, 0, stream_>>>(L.gbuf, L.kgp, L.uk, g, (opt_.capacity + g - 1) / g, nullptr, 0,
+                                                       hi, hd);
+            PQEncodeArgs ge = e;
+            ge.n_tokens = g;
+            ge.pos0 = lo;
+            ge.x = L.uk;
+            ge.centroids = L.cbk32;
+            ge.codes = static_cast<std::uint8_t*>(L.kc);
+            ge.order = PQCodeOrder::kMmaKeys;
+            pq_encode(ge, stream_);
+          }
+        } else {
+          PQEncodeArgs ke = e;
+          ke.n_tokens = nc;
+          ke.pos0 = c0;
+          ke.x = m.pf_kx;
+          ke.centroids = L.cbk32;
+          ke.codes = static_cast<std::uint8_t*>(L.kc);
+          ke.order = PQCodeOrder::kMmaKeys;
+          pq_encode(ke, stream_);
+        }
+        const float* ev = m.pf_vx;
+        if (opt_.pq_v_token_norm) {  // normalised in place: pf_vx is not read again
+          vnorm_kernel<<<rows, 128, 0, stream_>>>(m.pf_vx, m.pf_vx, L.vnorm, opt_.capacity, nullptr, 0, c0, nc, hd);
+        }
+        PQEncodeArgs ve = e;
+        ve.n_tokens = nc;
+        ve.pos0 = c0;
+        ve.x = ev;
+        ve.centroids = L.cbv32;
+        ve.codes = static_cast<std::uint8_t*>(L.vc);
+        ve.order = PQCodeOrder::kMmaValues;
+        pq_encode(ve, stream_);
+      };
+      a.M = opt_.pq_M;
+      a.codes_k = static_cast<const std::uint8_t*>(L.kc);
+      a.codes_v = static_cast<const std::uint8_t*>(L.vc);
+      a.cb_k = L.cbk16;
+      a.cb_v = L.cbv16;
+      a.cb_k_head_stride = a.cb_v_head_stride = codebook_elems(s) / Hkv;
+      a.codes_capacity = opt_.capacity;
+      a.codes_offset = S;
+      if (opt_.pq_k_channel_group) {
+        a.k_group_params = L.kgp;
+        a.norm_group = opt_.pq_norm_group;
+      }
+      if (opt_.pq_v_token_norm) a.v_token_norm = L.vnorm;
+      if (win) {  // codes older than the window (counted from the chunk's first token), sinks + ring, the chunk
+        a.n_codes = std::max<std::int64_t>(0, p0 + 1 - W - S);
+        a.ring_k = L.ring_k;
+        a.ring_v = L.ring_v;
+        a.sinks = S;
+        a.window = W;
+        a.ring_min_pos = p0 + 1 - W;
+        a.chunk_k = kr;
+        a.chunk_v = vr;
+        prefill_attention(a, stream_);
+        append_ring_kernel<<<R * Hkv, hd, 0, stream_>>>(kr, vr, L.ring_k, L.ring_v, S, W, nullptr, p0, T, Hkv, hd);
+        encode();
+      } else {  // stress mode: every token from its codes, the chunk's own too
+        encode();
+        a.n_codes = p0 + T;
+        prefill_attention(a, stream_);
+      }
+      if (opt_.pq_rotate) rotate_kernel<<<R * s.n_heads, hd, 0, stream_>>>(m.pf_att, m.att, L.rot_v, G, Hkv, hd);
+    }
+    if (m.f32) {
+      to_act_kernel<float><<<grid_for(static_cast<std::int64_t>(R) * z.q), 256, 0, stream_>>>(m.att, static_cast<float*>(m.xb), static_cast<std::int64_t>(R) * z.q);
+    } else {
+      to_act_kernel<bf16><<<grid_for(static_cast<std::int64_t>(R) * z.q), 256, 0, stream_>>>(m.att, static_cast<bf16*>(m.xb), static_cast<std::int64_t>(R) * z.q);
+    }
+    gemm(L.wo, m.xb, m.tmp, s.hidden, z.q, R, z.q);
+    add_kernel<<<grid_for(static_cast<std::int64_t>(R) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(R) * s.hidden);
+    rmsnorm(L.ffn_norm);
+    gemm(L.wgu, m.xb, m.gu, 2ll * s.ffn, s.hidden, R, s.hidden);
+    if (m.f32) {
+      swiglu_kernel<float><<<grid_for(static_cast<std::int64_t>(R) * s.ffn), 256, 0, stream_>>>(m.gu, static_cast<float*>(m.xb), s.ffn, R);
+    } else {
+      swiglu_kernel<bf16><<<grid_for(static_cast<std::int64_t>(R) * s.ffn), 256, 0, stream_>>>(m.gu, static_cast<bf16*>(m.xb), s.ffn, R);
+    }
+    gemm(L.wdown, m.xb, m.tmp, s.hidden, s.ffn, R, s.ffn);
+    add_kernel<<<grid_for(static_cast<std::int64_t>(R) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(R) * s.hidden);
+  }
+  rmsnorm(m.final_norm);
+  if (opt_.prefill_all_logits) {
+    gemm(m.lm_head, m.xb, m.logits, s.vocab, s.hidden, R, s.hidden);
+  } else {  // each sequence's last row: rows T - 1, 2T - 1, ... of xb
+    gemm(m.lm_head, static_cast<unsigned char*>(m.xb) + static_cast<std::size_t>(es) * (T - 1) * s.hidden, m.logits,
+         s.vocab, s.hidden, B, static_cast<std::int64_t>(T) * s.hidden);
+  }
+  set_len_kernel<<<1, 1, 0, stream_>>>(m.len, p0 + T);
+  check(cudaGetLastError(), "prefill");
 }
 
 }  // namespace million::cuda

@@ -1,13 +1,16 @@
-// A Llama-architecture decoder on one GPU, decode steps only (one new token per sequence, all
-// sequences of a batch at the same position): bf16 (or f32) weights, GEMMs through cuBLAS (bf16
-// inputs, f32 accumulation and outputs), fused small kernels (embedding, RMSNorm, RoPE + split,
-// SwiGLU, residual adds), and a KV cache on the device — dense fp16 or PQ codes (plain PQ: no
-// rotation / normalisation on the GPU yet) read by the decode-attention kernels of
-// cuda_attention.h, the PQ codes written by pq_encode.
-// Weights come from host arrays (tests, load_llama_hf for a Hugging Face directory) or a seeded
-// random fill on the device (benchmarks of a model shape without its weights). A step runs as one CUDA graph (GpuLlamaOptions::cuda_graph).
-// Not here: prefill attention (a prompt is fed token by token), GGUF files, the
-// normalised / rotated PQ variants, sampling, encoding on a side stream.
+// A Llama-architecture decoder on one GPU: decode steps (one new token per sequence, all
+// sequences of a batch at the same position) and chunked prefill (up to prefill_chunk tokens per
+// sequence per call, attention inside the chunk over exact K/V, earlier tokens read from the
+// cache as a decode step reads them): bf16 (or f32) weights, GEMMs through cuBLAS (bf16 inputs,
+// f32 accumulation and outputs), fused small kernels (embedding, RMSNorm, RoPE + split, SwiGLU,
+// residual adds), and a KV cache on the device — dense fp16 or PQ codes (plain, or the CPU's
+// normalised variant: rotations, key channel-groups, value token norms; an exact window and
+// sinks) read by the attention kernels of cuda_attention.h / prefill_attention.h, the codes
+// written by pq_encode (on a side stream during decode steps).
+// Weights come from host arrays (tests; load_llama_hf / load_llama2c) or a seeded random fill on
+// the device (benchmarks of a model shape without its weights). A decode step runs as one CUDA
+// graph (GpuLlamaOptions::cuda_graph); a prefill call runs eagerly.
+// Not here: GGUF files, sampling, sequences of different lengths in one batch.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -67,6 +70,12 @@ struct GpuLlamaOptions {
   bool pq_k_channel_group = false;
   bool pq_v_token_norm = false;
   int pq_norm_group = 128;
+  /// Most tokens per sequence one prefill() call takes; the activation buffers are sized for
+  /// batch * prefill_chunk rows. 0: no prefill (prompts go through step() token by token).
+  int prefill_chunk = 256;
+  /// prefill() returns the logits of every position ([batch, n, vocab] f32: a buffer of
+  /// batch * prefill_chunk * vocab floats) instead of each sequence's last one.
+  bool prefill_all_logits = false;
 };
 
 /// Host-side weights in f32 (rounded to bf16 on upload), Hugging Face layouts: matrices [out, in].
@@ -129,6 +138,16 @@ class GpuLlama {
   /// stream() before reading) and advances the position. Waits for the previous step first.
   /// Throws InvalidArgumentError when the cache is full.
   const float* step(const std::vector<int>& tokens);
+  /// Chunked prefill: tokens [batch * n] (sequence-major: n tokens of sequence 0, then of
+  /// sequence 1, ...) at positions position() .. position() + n - 1, 1 <= n <= prefill_chunk.
+  /// Attention inside the chunk is causal over its exact K/V (rounded to fp16 as the window
+  /// keeps them); earlier tokens are read from the cache as step() reads them (the PQ window
+  /// counted from the chunk's first token; stress mode, no window: every token from its codes,
+  /// the chunk's own included); then the chunk's K/V are written / encoded. Returns device logits
+  /// [batch, vocab] of each sequence's last token, or [batch, n, vocab] with prefill_all_logits
+  /// (valid until the next call; synchronise stream() before reading). prefill(tokens, 1)
+  /// computes what step() computes. Throws InvalidArgumentError for a bad n, tokens or a full cache.
+  const float* prefill(const std::vector<int>& tokens, int n);
   std::int64_t position() const { return pos_; }
   /// Empties the cache (position 0).
   void reset();
@@ -139,6 +158,7 @@ class GpuLlama {
  private:
   struct Impl;
   void enqueue_step();  // the step's work on stream_ (captured into the graph or run eagerly)
+  void enqueue_prefill(int n);  // prefill()'s work on stream_ (tokens already on the device)
   LlamaShape shape_;
   GpuLlamaOptions opt_;
   std::int64_t pos_ = 0;
