@@ -7,7 +7,8 @@
 // and the table says so. Bytes per token: bf16 weights + the cache read by attention.
 // Then prefill: a prompt of --prefill tokens (0: none) from an empty cache in prefill() chunks
 // of --chunk tokens, for the fp16, pq4w and pq4n caches (the window's codes are written by the
-// chunk), timed from the first chunk to the last logits.
+// chunk), attention on tensor cores and (fp16, pq4n) on CUDA cores, timed from the first chunk
+// to the last logits.
 //   bench_cuda_model [--out FILE] [--steps N] [--batch B] [--contexts 32768,131072]
 //                    [--caches f16,pq4,pq4w,pq2] [--pq-1m 1]   (pq-1m: also the 1M-token rows)
 //                    [--prefill 8192] [--chunk 512]
@@ -142,14 +143,16 @@ int main(int argc, char** argv) {
        << " tokens per sequence (attention in the chunk over exact K/V, earlier chunks read from the cache as decode "
           "reads them; PQ codes written per chunk); timed from the first chunk to the last logits.\n\n"
        << "| cache | batch | prompt | chunk | seconds | tokens/s |\n|---|---:|---:|---:|---:|---:|\n";
-    for (const std::string c : {"f16", "pq4w", "pq4n"}) {
+    for (const std::string c : {"f16", "f16 (CUDA-core attention)", "pq4w", "pq4n", "pq4n (CUDA-core attention)"}) {
       GpuLlamaOptions o;
+      o.prefill_tensor_cores = c.find("CUDA-core") == std::string::npos;
       o.batch = batch;
       o.capacity = prefill;
-      o.cache = c == "f16" ? GpuCache::kF16 : GpuCache::kPQ;
-      o.pq_M = c == "f16" ? 0 : 64;
-      o.pq_window = c == "f16" ? 0 : 128;
-      o.pq_rotate = o.pq_k_channel_group = o.pq_v_token_norm = c == "pq4n";
+      const bool f16 = c.rfind("f16", 0) == 0, norm = c.rfind("pq4n", 0) == 0;
+      o.cache = f16 ? GpuCache::kF16 : GpuCache::kPQ;
+      o.pq_M = f16 ? 0 : 64;
+      o.pq_window = f16 ? 0 : 128;
+      o.pq_rotate = o.pq_k_channel_group = o.pq_v_token_norm = norm;
       o.prefill_chunk = chunk;
       char line[600];
       try {

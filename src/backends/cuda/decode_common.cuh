@@ -1,5 +1,5 @@
-// Device helpers shared by the CUDA decode-attention kernels (decode_attention.cu,
-// pq_decode_mma.cu): warp reductions, the split of a sequence into tiles, the PQ kernels'
+// Device helpers shared by the CUDA attention kernels (decode_attention.cu, pq_decode_mma.cu,
+// prefill_attention.cu): warp reductions, the split of a sequence into tiles, the PQ kernels'
 // parameters and centroid loads. Internal to src/backends/cuda.
 #pragma once
 
@@ -53,6 +53,15 @@ struct PQParams {
   std::int64_t n_dev_minus = 0;                // ... as max(0, *n_tokens_dev - n_dev_minus)
   int ws_splits = 0;                           // mma kernel: partials per head in the workspace (0: splits)
 };
+
+// D += A B, m16n8k16, fp16 inputs, f32 accumulators (the PTX ISA's fragment layouts).
+__device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
 
 template <int DSUB>
 __device__ inline void load_centroid(const __half* cen, float (&c)[DSUB]) {

@@ -1129,6 +1129,7 @@ void GpuLlama::enqueue_prefill(int T) {
     a.q = m.q;
     a.out = m.att;
     a.scale = scale;
+    a.kernel = opt_.prefill_tensor_cores && (hd == 64 || hd == 128) ? PrefillKernel::kMma : PrefillKernel::kCudaCores;
     if (!pq) {
       append_f16_kernel<<<R * Hkv, hd, 0, stream_>>>(m.k, m.v, static_cast<__half*>(L.kc), static_cast<__half*>(L.vc),
                                                      opt_.capacity, nullptr, p0, T, Hkv, hd);

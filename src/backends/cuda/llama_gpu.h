@@ -76,6 +76,9 @@ struct GpuLlamaOptions {
   /// prefill() returns the logits of every position ([batch, n, vocab] f32: a buffer of
   /// batch * prefill_chunk * vocab floats) instead of each sequence's last one.
   bool prefill_all_logits = false;
+  /// Prefill attention on tensor cores (fp16 operands; head_dim 64 or 128) rather than the f32
+  /// CUDA-core kernel (prefill_attention.h).
+  bool prefill_tensor_cores = true;
 };
 
 /// Host-side weights in f32 (rounded to bf16 on upload), Hugging Face layouts: matrices [out, in].

@@ -64,13 +64,7 @@ constexpr unsigned cb_align(int es) { return 256u * 8u * static_cast<unsigned>(e
 template <int D>
 constexpr int kMergeBytes = static_cast<int>(sizeof(float)) * kWarps * 8 * D;  // sAcc
 
-__device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                         unsigned b0, unsigned b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
+using detail::mma16816;
 
 __device__ __forceinline__ unsigned transpose8x8(unsigned x) {
   unsigned y;

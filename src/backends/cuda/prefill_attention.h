@@ -5,11 +5,11 @@
 //       channel-groups and value token norms),
 //   (3) the exact fp16 sinks + ring buffer of GpuLlama's PQ window,
 //   (4) the chunk's own K/V in f32 (read rounded to fp16, as the window stores them).
-// f32 arithmetic on CUDA cores (FlashAttention-1-like tiles of 32 keys in shared memory, two
-// threads per query row); the scalar specification is the test's double-precision reference.
-// Not here: tensor cores (prefill is compute-bound and this kernel leaves most of an H100's
-// throughput unused: see docs/cuda.md), RoPE, rotations (queries and the chunk's K/V arrive in
-// the codebooks' space; the caller rotates outputs back), writing the cache.
+// Two kernels: tensor cores (FlashAttention-2-like, fp16 operands) and f32 on CUDA cores (the
+// precise one, and any head_dim); the specification is dense_attention_ref over the K/V each
+// position holds (the tests).
+// Not here: RoPE, rotations (queries and the chunk's K/V arrive in the codebooks' space; the
+// caller rotates outputs back), writing the cache.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -17,6 +17,11 @@
 #include <cstdint>
 
 namespace million::cuda {
+
+/// kCudaCores: f32 throughout (~1e-6 of the output scale), any head_dim in the supported range.
+/// kMma: tensor cores (mma.sync m16n8k16), queries, keys, values and probabilities in fp16 with
+/// f32 accumulation (~1e-3 of the output scale, as FlashAttention); head_dim 64 or 128.
+enum class PrefillKernel { kCudaCores, kMma };
 
 struct PrefillAttentionArgs {
   int batch = 1;
@@ -28,6 +33,7 @@ struct PrefillAttentionArgs {
   const float* q = nullptr;    ///< [batch, n_q, n_heads, head_dim] f32
   float* out = nullptr;        ///< same layout
   float scale = 0.0f;
+  PrefillKernel kernel = PrefillKernel::kMma;
 
   /// (1) Dense fp16 cache [batch, n_kv_heads, cache_capacity, head_dim] holding positions 0 ..
   /// pos0 + n_q - 1 (the chunk already appended): token t is visible to the query at p iff t <= p.
