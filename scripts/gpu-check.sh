@@ -2,8 +2,8 @@
 # On the GPU machine: configures a CUDA-only build (no OpenBLAS / FAISS / SentencePiece there),
 # builds it, runs the CUDA tests against the CPU references (kernels, GpuLlama; gutenberg-23m's
 # golden logits when device-carry/gutenberg-23m was sent along), then the decode-attention
-# benchmark (ours) beside PyTorch SDPA (the peer) and the end-to-end Llama-3-8B-shape decode
-# benchmark, and prints a short summary table last. Full logs and the
+# benchmark (ours) beside PyTorch SDPA (the peer) and the end-to-end Llama-3-8B-shape decode and
+# prefill benchmark, and prints a short summary table last. Full logs and the
 # table go to $OUT (or ./gpu-out). Needs .gpu-deps/include (scripts/gpu-deps.sh, run on a
 # development machine) carried along.
 #   scripts/gpu-check.sh [--quick]      --quick: tests and a short benchmark only
@@ -39,7 +39,7 @@ else
   python3 bench/cuda/sdpa_decode.py "${copy:-1}" >"$OUT/sdpa.md" 2>&1
 fi
 if [ $quick = 1 ]; then
-  ./build-cuda/src/backends/cuda/bench_cuda_model --steps 8 --contexts 32768 --pq-1m 0 --out "$OUT/bench-model.md" >"$OUT/bench-model.log" 2>&1
+  ./build-cuda/src/backends/cuda/bench_cuda_model --steps 8 --contexts 32768 --pq-1m 0 --prefill 4096 --out "$OUT/bench-model.md" >"$OUT/bench-model.log" 2>&1
 else
   ./build-cuda/src/backends/cuda/bench_cuda_model --out "$OUT/bench-model.md" >"$OUT/bench-model.log" 2>&1
 fi
@@ -54,6 +54,7 @@ cat "$OUT/bench-model.md" 2>/dev/null || tail -5 "$OUT/bench-model.log"
   grep -E "^\| (pq 4-bit \(M=64\), mma|fp16 \(ours\)) \| [18] \| (131072|1048576) " "$OUT/bench-cuda.md"
   grep -E "^\| SDPA fp16 \(torch\) \| [18] \| (131072|1048576) " "$OUT/sdpa.md"
   grep -E "graph \| 1 \| (131072|1048576) " "$OUT/bench-model.md" 2>/dev/null | cut -c1-160
+  grep -E "^\| (f16|pq4w|pq4n) \| 1 \| [0-9]+ \| [0-9]+ \| " "$OUT/bench-model.md" 2>/dev/null | sed 's/^/prefill /'
   echo "tests: $([ $test_rc = 0 ] && echo passed || echo FAILED) ($OUT/test.log)"
 } | tee "$OUT/summary.txt"
 exit $test_rc

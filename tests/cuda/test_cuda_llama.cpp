@@ -22,8 +22,11 @@
 #include <vector>
 
 #include "backends/cuda/cuda_attention.h"
+#include "backends/cuda/device_buffer.h"
+#include "backends/cuda/prefill_attention.h"
 #include "backends/cuda/llama_gpu.h"
 #include "core/half.h"
+#include "kernels/dense_attention.h"
 #include "million/error.h"
 #include "pq/codebook.h"
 #include "pq/encode.h"
@@ -724,6 +727,290 @@ TEST(GpuLlama, GutenbergPQNormCloseToFp16) {
 // generation from BOS for 256 steps must decode to the golden text of
 // models/stories260K/README.md exactly (read from the README at run time; the tokenizer's
 // pieces from tok512.bin).
+// The kernels on real K/V: gutenberg-23m's fp16 cache after a 1000-token prompt (prefill in
+// chunks of 250), layers 0 and last, queries random with scores of std ~3: dense decode and
+// both prefill kernels over the captured fp16 K/V against dense_attention_ref; the calibrated
+// pq-norm codebook's encoding on the device against pq_encode_ref (equal codes but exact ties)
+// over the K/V rotated and normalised on the host; the mma PQ kernel over those codes, group
+// parameters and norms against dense attention over the K/V they decode to.
+TEST(GpuLlama, KernelsMatchReferencesOnGutenbergKV) {
+  const std::string dir = gutenberg_dir();
+  std::string cbp = "device-carry/gutenberg-23m-pq-norm-4bit.cb";
+  if (const char* e = std::getenv("MILLION_GUTENBERG_CODEBOOK")) cbp = e;
+  if (dir.empty() || !std::filesystem::exists(cbp)) {
+    GTEST_SKIP() << "gutenberg-23m or its pq-norm codebook not found (" << cbp << ")";
+  }
+  nlohmann::json golden;
+  std::ifstream(dir + "/golden.json") >> golden;
+  const std::vector<int> ids = golden["prompts"][0]["input_ids"].get<std::vector<int>>();
+  ASSERT_EQ(ids.size(), 1000u);
+  LlamaShape sh;
+  const LlamaHostWeights w = load_llama_hf(dir, sh);
+  GpuLlamaOptions o;
+  o.capacity = 1000;
+  o.prefill_chunk = 250;
+  GpuLlama gpu(sh, o);
+  gpu.upload_weights(w);
+  for (int i = 0; i < 1000; i += 250) gpu.prefill(std::vector<int>(ids.begin() + i, ids.begin() + i + 250), 250);
+  GpuLlamaOptions op;
+  op.cache = GpuCache::kPQ;
+  const LlamaHostCodebooks cb = load_codebooks_for_gpu(cbp, sh, op);
+  ASSERT_TRUE(op.pq_rotate && op.pq_k_channel_group && op.pq_v_token_norm) << "not a pq-norm codebook";
+  const int Hkv = sh.n_kv_heads, H = sh.n_heads, hd = sh.head_dim, N = 1000, M = op.pq_M, dsub = hd / M;
+  const int group = op.pq_norm_group, Nc = N / group * group;  // coded: the complete key groups
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist;
+  double worst_dense = 0, worst_prefill[2] = {0, 0}, worst_pq = 0;
+  int mismatches = 0, ties = 0, codes_total = 0;
+  for (int layer : {0, sh.n_layers - 1}) {
+    std::vector<std::uint16_t> k16, v16;
+    gpu.download_f16_cache(layer, k16, v16);  // [Hkv, N, hd]
+    double ss = 0;
+    for (auto x : k16) ss += static_cast<double>(f16_to_f32(x)) * f16_to_f32(x);
+    const float sq = static_cast<float>(3.0 / std::sqrt(ss / static_cast<double>(k16.size())));  // query std
+    auto queries = [&](std::size_t n) {
+      std::vector<float> q(n);
+      for (auto& x : q) x = sq * dist(rng);
+      return q;
+    };
+    auto reference = [&](const void* k, const void* v, KVDType dt, const std::vector<float>& q, int pos0, int n_q, int n_keys) {
+      std::vector<float> out(static_cast<std::size_t>(n_q) * H * hd);
+      DenseAttentionArgs r;
+      r.n_queries = n_q;
+      r.pos0 = pos0;
+      r.n_heads = H;
+      r.n_kv_heads = Hkv;
+      r.head_dim = hd;
+      r.scale = scale;
+      r.q = q.data();
+      r.k = k;
+      r.v = v;
+      r.kv_head_stride = static_cast<std::int64_t>(n_keys) * hd;
+      r.kv_dtype = dt;
+      r.out = out.data();
+      dense_attention_ref(r);
+      return out;
+    };
+    auto rel_err = [](const std::vector<float>& got, const std::vector<float>& want) {
+      double sc = 1e-3, e = 0;
+      for (float x : want) sc = std::max(sc, static_cast<double>(std::fabs(x)));
+      for (std::size_t i = 0; i < got.size(); ++i) e = std::max(e, std::fabs(static_cast<double>(got[i]) - want[i]));
+      return e / sc;
+    };
+    DeviceBuffer<std::uint16_t> dk(k16.size()), dv(v16.size());
+    dk.upload(k16);
+    dv.upload(v16);
+    {  // dense decode: the last position's query over all N keys
+      const auto q = queries(static_cast<std::size_t>(H) * hd);
+      DeviceBuffer<float> dq(q.size()), dout(q.size()), ws(decode_workspace_floats({1, H, Hkv, hd, N, N}, 4));
+      dq.upload(q);
+      dense_decode_attention({{1, H, Hkv, hd, N, N}, dk.get(), dv.get(), dq.get(), dout.get(), scale}, ws.get(), 4, nullptr);
+      check(cudaDeviceSynchronize(), "sync");
+      const double e = rel_err(dout.download(), reference(k16.data(), v16.data(), KVDType::kF16, q, N - 1, 1, N));
+      EXPECT_LE(e, 2e-5) << "dense decode, layer " << layer;
+      worst_dense = std::max(worst_dense, e);
+    }
+    {  // prefill: the last 128 positions as a chunk over the fp16 cache
+      const int n_q = 128, pos0 = N - n_q;
+      const auto q = queries(static_cast<std::size_t>(n_q) * H * hd);
+      DeviceBuffer<float> dq(q.size()), dout(q.size());
+      dq.upload(q);
+      const auto want = reference(k16.data(), v16.data(), KVDType::kF16, q, pos0, n_q, N);
+      for (PrefillKernel kern : {PrefillKernel::kCudaCores, PrefillKernel::kMma}) {
+        PrefillAttentionArgs a;
+        a.n_heads = H;
+        a.n_kv_heads = Hkv;
+        a.head_dim = hd;
+        a.n_q = n_q;
+        a.pos0 = pos0;
+        a.q = dq.get();
+        a.out = dout.get();
+        a.scale = scale;
+        a.kernel = kern;
+        a.cache_k = dk.get();
+        a.cache_v = dv.get();
+        a.cache_capacity = N;
+        prefill_attention(a, nullptr);
+        check(cudaDeviceSynchronize(), "sync");
+        const bool tc = kern == PrefillKernel::kMma;
+        const double e = rel_err(dout.download(), want);
+        EXPECT_LE(e, tc ? 4e-3 : 2e-5) << "prefill " << (tc ? "mma" : "CUDA cores") << ", layer " << layer;
+        worst_prefill[tc] = std::max(worst_prefill[tc], e);
+      }
+    }
+    // The pq-norm encoding of the first Nc tokens: rotated, keys by channel-group, values by norm.
+    std::vector<float> uk(static_cast<std::size_t>(Hkv) * Nc * hd), uv(uk.size());
+    std::vector<std::uint16_t> gp(static_cast<std::size_t>(Hkv) * (Nc / group) * 2 * hd), vn(static_cast<std::size_t>(Hkv) * Nc);
+    std::vector<float> kdec(uk.size()), vdec(uk.size());  // what the codes decode to (filled below)
+    for (int h = 0; h < Hkv; ++h) {
+      const float* R = cb.rotation[static_cast<std::size_t>(layer)].data() + static_cast<std::size_t>(h) * hd * hd;
+      const float* Rv = (cb.rotation_v.empty() ? cb.rotation : cb.rotation_v)[static_cast<std::size_t>(layer)].data() +
+                        static_cast<std::size_t>(h) * hd * hd;
+      std::vector<float> kr(static_cast<std::size_t>(Nc) * hd), vr(kr.size());
+      for (int t = 0; t < Nc; ++t) {
+        for (int i = 0; i < hd; ++i) {
+          double ak = 0, av = 0;
+          for (int j = 0; j < hd; ++j) {
+            const std::size_t src = (static_cast<std::size_t>(h) * N + t) * hd + j;
+            ak += static_cast<double>(R[i * hd + j]) * f16_to_f32(k16[src]);
+            av += static_cast<double>(Rv[i * hd + j]) * f16_to_f32(v16[src]);
+          }
+          kr[static_cast<std::size_t>(t) * hd + i] = static_cast<float>(ak);
+          vr[static_cast<std::size_t>(t) * hd + i] = static_cast<float>(av);
+        }
+      }
+      float* ukh = uk.data() + static_cast<std::size_t>(h) * Nc * hd;
+      float* uvh = uv.data() + static_cast<std::size_t>(h) * Nc * hd;
+      for (int g0 = 0; g0 < Nc; g0 += group) {
+        std::vector<float> mn(static_cast<std::size_t>(hd)), rg(mn.size());
+        channel_group_params(kr.data() + static_cast<std::size_t>(g0) * hd, group, hd, mn.data(), rg.data());
+        channel_group_normalize(kr.data() + static_cast<std::size_t>(g0) * hd, group, hd, mn.data(), rg.data(),
+                                ukh + static_cast<std::size_t>(g0) * hd);
+        for (int i = 0; i < hd; ++i) {
+          const std::size_t base = ((static_cast<std::size_t>(h) * (Nc / group) + g0 / group) * 2) * hd;
+          gp[base + i] = f32_to_f16(mn[static_cast<std::size_t>(i)]);
+          gp[base + hd + i] = f32_to_f16(rg[static_cast<std::size_t>(i)]);
+        }
+      }
+      std::vector<float> norms(static_cast<std::size_t>(Nc));
+      for (int t = 0; t < Nc; ++t) {
+        norms[static_cast<std::size_t>(t)] = token_norm_f16(vr.data() + static_cast<std::size_t>(t) * hd, hd);
+        vn[static_cast<std::size_t>(h) * Nc + t] = f32_to_f16(norms[static_cast<std::size_t>(t)]);
+      }
+      token_normalize(vr.data(), Nc, hd, norms.data(), uvh);
+    }
+    const std::size_t per = static_cast<std::size_t>(M) * 256 * dsub;
+    DeviceBuffer<float> duk(uk.size()), duv(uv.size()), dcbk(cb.k[static_cast<std::size_t>(layer)].size()),
+        dcbv(cb.v[static_cast<std::size_t>(layer)].size());
+    duk.upload(uk);
+    duv.upload(uv);
+    dcbk.upload(cb.k[static_cast<std::size_t>(layer)]);
+    dcbv.upload(cb.v[static_cast<std::size_t>(layer)]);
+    DeviceBuffer<std::uint8_t> ck(static_cast<std::size_t>(Hkv) * Nc * M), cv(ck.size());
+    for (bool values : {false, true}) {
+      PQEncodeArgs e;
+      e.n_seq_heads = e.n_kv_heads = Hkv;
+      e.n_tokens = Nc;
+      e.head_dim = hd;
+      e.M = M;
+      e.x = values ? duv.get() : duk.get();
+      e.centroids = values ? dcbv.get() : dcbk.get();
+      e.cb_head_stride = static_cast<std::int64_t>(per);
+      e.codes = values ? cv.get() : ck.get();
+      e.capacity = Nc;
+      e.order = values ? PQCodeOrder::kMmaValues : PQCodeOrder::kMmaKeys;
+      pq_encode(e, nullptr);
+    }
+    check(cudaDeviceSynchronize(), "sync");
+    const auto gk = ck.download(), gv = cv.download();
+    for (bool values : {false, true}) {
+      const auto& got = values ? gv : gk;
+      const auto& u = values ? uv : uk;
+      const auto& books = values ? cb.v : cb.k;
+      for (int h = 0; h < Hkv; ++h) {
+        PQCodebook book;
+        book.head_dim = hd;
+        book.M = M;
+        book.nbits = 8;
+        book.centroids.assign(books[static_cast<std::size_t>(layer)].begin() + static_cast<std::ptrdiff_t>(h * per),
+                              books[static_cast<std::size_t>(layer)].begin() + static_cast<std::ptrdiff_t>((h + 1) * per));
+        std::vector<std::uint8_t> want(static_cast<std::size_t>(Nc) * M), inter(want.size()), got_tm(want.size());
+        pq_encode_ref(book, u.data() + static_cast<std::size_t>(h) * Nc * hd, Nc, want.data());
+        // The device's codes back in subspace order: interleave is a permutation of each row.
+        std::vector<std::uint8_t> idx(static_cast<std::size_t>(M)), pos(idx.size());
+        for (int m = 0; m < M; ++m) idx[static_cast<std::size_t>(m)] = static_cast<std::uint8_t>(m);
+        interleave_pq_codes(idx.data(), pos.data(), 1, M, values);  // pos[byte] = subspace stored there
+        for (int t = 0; t < Nc; ++t) {
+          for (int b = 0; b < M; ++b) {
+            got_tm[static_cast<std::size_t>(t) * M + pos[static_cast<std::size_t>(b)]] =
+                got[(static_cast<std::size_t>(h) * Nc + t) * M + b];
+          }
+        }
+        for (int t = 0; t < Nc; ++t) {
+          const float* x = u.data() + (static_cast<std::size_t>(h) * Nc + t) * hd;
+          for (int m = 0; m < M; ++m) {
+            const std::size_t i = static_cast<std::size_t>(t) * M + m;
+            ++codes_total;
+            if (got_tm[i] == want[i]) continue;
+            auto dist2 = [&](int c) {
+              double d = 0;
+              for (int j = 0; j < dsub; ++j) {
+                const double diff = x[m * dsub + j] - book.centroids[(static_cast<std::size_t>(m) * 256 + c) * dsub + j];
+                d += diff * diff;
+              }
+              return d;
+            };
+            const double dg = dist2(got_tm[i]), dw = dist2(want[i]);
+            if (std::fabs(dg - dw) <= 1e-6 * std::max(dw, 1e-12)) {
+              ++ties;
+            } else {
+              ++mismatches;
+            }
+          }
+        }
+        // What the device's codes decode to (fp16 centroids), denormalised with the f16 parameters.
+        for (int t = 0; t < Nc; ++t) {
+          const std::size_t g = (static_cast<std::size_t>(h) * (Nc / group) + t / group) * 2 * hd;
+          for (int m = 0; m < M; ++m) {
+            for (int j = 0; j < dsub; ++j) {
+              const int d = m * dsub + j;
+              const float c = hf(book.centroids[(static_cast<std::size_t>(m) * 256 + got_tm[static_cast<std::size_t>(t) * M + m]) * dsub + j]);
+              const std::size_t o2 = (static_cast<std::size_t>(h) * Nc + t) * hd + d;
+              if (values) {
+                vdec[o2] = f16_to_f32(vn[static_cast<std::size_t>(h) * Nc + t]) * c;
+              } else {
+                kdec[o2] = f16_to_f32(gp[g + d]) + f16_to_f32(gp[g + hd + d]) * c;
+              }
+            }
+          }
+        }
+      }
+    }
+    {  // the mma PQ kernel over the device's codes (queries in the rotated space, as GpuLlama gives them)
+      std::vector<std::uint16_t> cbk16(cb.k[static_cast<std::size_t>(layer)].size()), cbv16(cbk16.size());
+      for (std::size_t i = 0; i < cbk16.size(); ++i) {
+        cbk16[i] = f32_to_f16(cb.k[static_cast<std::size_t>(layer)][i]);
+        cbv16[i] = f32_to_f16(cb.v[static_cast<std::size_t>(layer)][i]);
+      }
+      DeviceBuffer<std::uint16_t> dbk(cbk16.size()), dbv(cbv16.size()), dgp(gp.size()), dvn(vn.size());
+      dbk.upload(cbk16);
+      dbv.upload(cbv16);
+      dgp.upload(gp);
+      dvn.upload(vn);
+      const auto q = queries(static_cast<std::size_t>(H) * hd);
+      const DecodeShape ds{1, H, Hkv, hd, Nc, Nc};
+      DeviceBuffer<float> dq(q.size()), dout(q.size()), ws(decode_workspace_floats(ds, 2));
+      dq.upload(q);
+      PQDecodeArgs a;
+      a.shape = ds;
+      a.M = M;
+      a.codes_k = ck.get();
+      a.codes_v = cv.get();
+      a.cb_k = dbk.get();
+      a.cb_v = dbv.get();
+      a.cb_k_head_stride = a.cb_v_head_stride = static_cast<std::int64_t>(per);
+      a.q = dq.get();
+      a.out = dout.get();
+      a.scale = scale;
+      a.kernel = PQKernel::kMma;
+      a.k_group_params = dgp.get();
+      a.v_token_norm = dvn.get();
+      a.norm_group = group;
+      pq_decode_attention(a, ws.get(), 2, nullptr);
+      check(cudaDeviceSynchronize(), "sync");
+      const double e = rel_err(dout.download(), reference(kdec.data(), vdec.data(), KVDType::kF32, q, Nc - 1, 1, Nc));
+      EXPECT_LE(e, 4e-3) << "pq-norm mma decode attention, layer " << layer;
+      worst_pq = std::max(worst_pq, e);
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "codes that differ from pq_encode_ref by more than a tie";
+  std::printf("gutenberg-23m K/V (layers 0 and %d, 1000 tokens): dense decode %.3g, prefill CUDA cores %.3g / mma %.3g, "
+              "pq-norm mma decode %.3g (relative errors); device codes equal to pq_encode_ref: %d of %d (%d exact ties)\n",
+              sh.n_layers - 1, worst_dense, worst_prefill[0], worst_prefill[1], worst_pq, codes_total - ties - mismatches,
+              codes_total, ties);
+}
+
 std::string readme_block(const std::string& readme, const std::string& heading, int n) {
   std::ifstream in(readme);
   std::stringstream ss;

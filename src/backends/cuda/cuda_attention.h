@@ -3,7 +3,7 @@
 // Shapes follow the CPU caches: GQA groups of G = n_heads / n_kv_heads query heads share a kv
 // head, which is read once for the whole group; the sequence is split over thread blocks and
 // the splits are merged with log-sum-exp weights (flash-decoding).
-// Not here: prefill attention, RoPE, rotations (the PQ kernel works in the codebook's space:
+// Not here: prefill attention (prefill_attention.h), RoPE, rotations (the PQ kernel works in the codebook's space:
 // queries rotated in and outputs rotated back by the caller), encoding into the cache.
 #pragma once
 

@@ -831,6 +831,21 @@ void GpuLlama::fill_cache_random(std::int64_t n, std::uint64_t seed) {
   pos_ = n;
 }
 
+void GpuLlama::download_f16_cache(int layer, std::vector<std::uint16_t>& k, std::vector<std::uint16_t>& v) const {
+  if (opt_.cache != GpuCache::kF16) throw InvalidArgumentError("GpuLlama::download_f16_cache: not an fp16 cache");
+  if (layer < 0 || layer >= shape_.n_layers) throw InvalidArgumentError("GpuLlama::download_f16_cache: no such layer");
+  check(cudaStreamSynchronize(stream_), "download cache");
+  const auto& L = impl_->layers[static_cast<std::size_t>(layer)];
+  const std::size_t rows = static_cast<std::size_t>(opt_.batch) * shape_.n_kv_heads, hd = static_cast<std::size_t>(shape_.head_dim);
+  const std::size_t n = static_cast<std::size_t>(pos_), cap = static_cast<std::size_t>(opt_.capacity);
+  k.resize(rows * n * hd);
+  v.resize(k.size());
+  if (n == 0) return;
+  // rows of `n * hd` halves from rows of `cap * hd`
+  check(cudaMemcpy2D(k.data(), n * hd * 2, L.kc, cap * hd * 2, n * hd * 2, rows, cudaMemcpyDeviceToHost), "download K");
+  check(cudaMemcpy2D(v.data(), n * hd * 2, L.vc, cap * hd * 2, n * hd * 2, rows, cudaMemcpyDeviceToHost), "download V");
+}
+
 void GpuLlama::reset() {
   check(cudaStreamSynchronize(stream_), "reset");
   check(cudaMemset(impl_->len, 0, sizeof(std::int64_t)), "cache length");

@@ -152,6 +152,10 @@ class GpuLlama {
   /// computes what step() computes. Throws InvalidArgumentError for a bad n, tokens or a full cache.
   const float* prefill(const std::vector<int>& tokens, int n);
   std::int64_t position() const { return pos_; }
+  /// The fp16 cache of `layer` for positions [0, position()): K and V [batch, n_kv_heads,
+  /// position(), head_dim] as fp16 bits (tests on real K/V, analysis). Throws
+  /// InvalidArgumentError for a PQ cache or a bad layer.
+  void download_f16_cache(int layer, std::vector<std::uint16_t>& k, std::vector<std::uint16_t>& v) const;
   /// Empties the cache (position 0).
   void reset();
   cudaStream_t stream() const { return stream_; }
