@@ -3,7 +3,8 @@
 # builds it, runs the CUDA tests against the CPU references (kernels, GpuLlama; gutenberg-23m's
 # golden logits when device-carry/gutenberg-23m was sent along), then the decode-attention
 # benchmark (ours) beside PyTorch SDPA (the peer) and the end-to-end Llama-3-8B-shape decode and
-# prefill benchmark, and prints a short summary table last. Full logs and the
+# prefill benchmark and (with device-carry/) the KV-cache quality on gutenberg-23m's held-out
+# books (scripts/gpu-quality.sh), and prints a short summary table last. Full logs and the
 # table go to $OUT (or ./gpu-out). Needs .gpu-deps/include (scripts/gpu-deps.sh, run on a
 # development machine) carried along.
 #   scripts/gpu-check.sh [--quick]      --quick: tests and a short benchmark only
@@ -43,6 +44,9 @@ if [ $quick = 1 ]; then
 else
   ./build-cuda/src/backends/cuda/bench_cuda_model --out "$OUT/bench-model.md" >"$OUT/bench-model.log" 2>&1
 fi
+if [ $quick = 0 ] && [ -f device-carry/gutenberg-23m/heldout_eval.bin ]; then
+  OUT="$OUT" bash scripts/gpu-quality.sh >"$OUT/quality.log" 2>&1  # KV-cache quality on real text: $OUT/quality-gpu.md
+fi
 cat "$OUT/bench-cuda.md"
 grep "^|" "$OUT/sdpa.md"
 echo "== end to end (bench_cuda_model) =="
@@ -55,6 +59,7 @@ cat "$OUT/bench-model.md" 2>/dev/null || tail -5 "$OUT/bench-model.log"
   grep -E "^\| SDPA fp16 \(torch\) \| [18] \| (131072|1048576) " "$OUT/sdpa.md"
   grep -E "graph \| 1 \| (131072|1048576) " "$OUT/bench-model.md" 2>/dev/null | cut -c1-160
   grep -E "^\| (f16|pq4w|pq4n) \| 1 \| [0-9]+ \| [0-9]+ \| " "$OUT/bench-model.md" 2>/dev/null | sed 's/^/prefill /'
+  grep -E "^\| default \| pq-norm-4bit " "$OUT/quality-gpu.md" 2>/dev/null | sed 's/^/quality /'
   echo "tests: $([ $test_rc = 0 ] && echo passed || echo FAILED) ($OUT/test.log)"
 } | tee "$OUT/summary.txt"
 exit $test_rc

@@ -2,8 +2,9 @@
 # Prepares what a CUDA-only build needs on the GPU machine and that machine lacks: the fmt
 # headers, taken from Debian's libfmt-dev package (downloaded with apt-get, unpacked here into
 # .gpu-deps/, used header-only) — and, when ../shared holds it, the gutenberg-23m model
-# (weights, config, golden.json: 45 MB) copied into device-carry/ for the GPU's real-model tests,
-# with its pq-norm codebook when one has been calibrated.
+# (weights, config, golden.json, the held-out evaluation tokens: 46 MB) copied into device-carry/
+# for the GPU's real-model tests and scripts/gpu-quality.sh, with its codebooks when they have
+# been calibrated.
 # Run on a development machine before sending the checkout (with .gpu-deps and device-carry);
 # scripts/gpu-check.sh uses .gpu-deps/include. Idempotent.
 set -euo pipefail
@@ -14,13 +15,25 @@ if [ -f "$GUT/golden.json" ] && [ ! -f device-carry/gutenberg-23m/golden.json ];
   cp "$GUT"/config.json "$GUT"/golden.json "$GUT"/model.safetensors.index.json "$GUT"/*.safetensors device-carry/gutenberg-23m/
   echo "gpu-deps: gutenberg-23m in device-carry/gutenberg-23m"
 fi
-# Its pq-norm 4-bit codebook (the GPU's real-model PQ test), from an evaluation run's work folder
-# (scripts/eval-results.sh calibrates it) or CODEBOOK=file.
-CB=${CODEBOOK:-${WORK:-/tmp/million-eval}/gutenberg-23m-pq-norm-4bit.cb}
+if [ -f "$GUT/eval-tokens/heldout_eval.bin" ] && [ ! -f device-carry/gutenberg-23m/heldout_eval.bin ]; then
+  mkdir -p device-carry/gutenberg-23m
+  cp "$GUT/eval-tokens/heldout_eval.bin" device-carry/gutenberg-23m/  # scripts/gpu-quality.sh
+fi
+# Its codebooks from an evaluation run's work folder (scripts/eval-results.sh calibrates them
+# with `million calibrate` on ../shared/text/calib): pq-norm 4-bit for the GPU's real-model PQ
+# test (or CODEBOOK=file), pq-norm 2-bit and pq-paper 4/2-bit for scripts/gpu-quality.sh.
+WORKDIR=${WORK:-/tmp/million-eval}
+CB=${CODEBOOK:-$WORKDIR/gutenberg-23m-pq-norm-4bit.cb}
 if [ -f "$CB" ] && [ ! -f device-carry/gutenberg-23m-pq-norm-4bit.cb ]; then
   mkdir -p device-carry && cp "$CB" device-carry/gutenberg-23m-pq-norm-4bit.cb
   echo "gpu-deps: $CB in device-carry/"
 fi
+for v in pq-norm-2bit pq-paper-4bit pq-paper-2bit; do
+  if [ -f "$WORKDIR/gutenberg-23m-$v.cb" ] && [ ! -f "device-carry/gutenberg-23m-$v.cb" ]; then
+    mkdir -p device-carry && cp "$WORKDIR/gutenberg-23m-$v.cb" device-carry/
+    echo "gpu-deps: gutenberg-23m-$v.cb in device-carry/"
+  fi
+done
 if [ -f .gpu-deps/include/fmt/format.h ]; then
   echo "gpu-deps: .gpu-deps/include/fmt present"
   exit 0
