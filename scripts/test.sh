@@ -26,3 +26,18 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMILLION_SANITIZE=ON
 cmake --build build-asan --parallel "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -L 'unit|kernels'
+
+# The CUDA backend compiles wherever the CUDA toolkit is installed (its tests need a GPU:
+# scripts/gpu-check.sh runs them on a GPU machine); here it is a compile check with warnings
+# as errors, so that the CUDA code cannot rot unseen.
+NVCC=$(command -v nvcc || true)
+[ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
+if [ -n "$NVCC" ]; then
+  echo "== CUDA build (compile check: $NVCC; its tests run on a GPU machine)"
+  cmake -S . -B build-cuda-check -G Ninja -DCMAKE_BUILD_TYPE=Release -DMILLION_CPU_ENGINE=OFF -DMILLION_CUDA=ON \
+    -DMILLION_WERROR=ON -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES=90
+  cmake --build build-cuda-check --parallel "$jobs"
+  ./build-cuda-check/src/backends/cuda/million-gpu perplexity --help >/dev/null
+else
+  echo "== CUDA build skipped: no nvcc (the CUDA toolkit is not installed)"
+fi
