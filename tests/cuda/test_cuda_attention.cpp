@@ -3,7 +3,7 @@
 //  - dense fp16: dense_attention_ref over the same fp16 K/V (double accumulation).
 //  - PQ: the codes decoded on the host with the same fp16 centroids, then dense_attention_ref:
 //    the invariant "PQ attention equals dense attention over the decoded K/V".
-// Sweep: head_dim 64/128 (dense also 8, 32, 96: the generic kernel), GQA 1/2/4/8, batch 1-3,
+// Sweep: head_dim 64/128 (dense also 8, 32, 96: the generic kernel), GQA 1/2/4/8 (and 3/5/6/7 for the dense and mma kernels), batch 1-3,
 // contexts 1 .. 4099 (tile edges 255/256/257),
 // splits 1 / automatic / one per tile (tiles: 256 tokens dense, 512 PQ), PQ dsub 2 and 4, ksub 16, 64, 256, per-head and shared
 // codebooks. Bound: relative max-abs error <= 2e-5 of the output scale (f32 sums in another
@@ -133,6 +133,11 @@ std::vector<Shape> shapes() {
   return out;
 }
 
+// GQA groups that are not powers of two (SmolLM2: 3, Qwen2.5-0.5B: 7): the dense and mma kernels.
+std::vector<Shape> odd_group_shapes() {
+  return {{1, 9, 3, 64, 1000}, {2, 12, 2, 128, 300}, {1, 14, 2, 128, 257}, {1, 15, 3, 128, 40}};
+}
+
 TEST(CudaDecodeAttention, DenseF16MatchesReference) {
   std::mt19937 rng(1);
   std::normal_distribution<float> dist;
@@ -141,6 +146,8 @@ TEST(CudaDecodeAttention, DenseF16MatchesReference) {
   all.push_back({1, 8, 4, 8, 257});
   all.push_back({2, 4, 1, 32, 1000});
   all.push_back({1, 16, 2, 96, 129});
+  for (const Shape& sh : odd_group_shapes()) all.push_back(sh);
+  all.push_back({1, 6, 2, 32, 100});  // GQA 3 in the generic kernel
   for (const Shape& sh : all) {
     DecodeShape s{sh.batch, sh.n_heads, sh.n_kv_heads, sh.head_dim, sh.n_tokens, sh.n_tokens + 3};
     const std::size_t kv_n = static_cast<std::size_t>(s.batch) * s.n_kv_heads * s.capacity * s.head_dim;
@@ -186,7 +193,9 @@ TEST(CudaDecodeAttention, PQEqualsDenseAttentionOverDecodedKV) {
   std::mt19937 rng(2);
   std::normal_distribution<float> dist;
   int k_case = 0;
-  for (const Shape& sh : shapes()) {
+  std::vector<Shape> all = shapes();
+  for (const Shape& sh : odd_group_shapes()) all.push_back(sh);
+  for (const Shape& sh : all) {
     for (int dsub : {2, 4}) {
       ++k_case;
       const int D = sh.head_dim, M = D / dsub;
@@ -254,6 +263,11 @@ TEST(CudaDecodeAttention, PQEqualsDenseAttentionOverDecodedKV) {
         a.out = out.out();
         a.scale = 1.0f / std::sqrt(static_cast<float>(D));
         a.kernel = tc ? PQKernel::kMma : PQKernel::kCudaCores;
+        const int G = s.group();
+        if (!tc && G != 1 && G != 2 && G != 4 && G != 8) {  // the CUDA-core kernel's groups
+          EXPECT_THROW(pq_decode_attention(a, ws.get(), splits, nullptr), InvalidArgumentError) << what;
+          continue;
+        }
         pq_decode_attention(a, ws.get(), splits, nullptr);
         check(cudaDeviceSynchronize(), "sync");
         bool guards = false;
@@ -866,7 +880,7 @@ TEST(CudaPrefillAttention, EqualsDenseCausalAttentionOverEachSource) {
 }
 
 TEST(CudaDecodeAttention, RejectsUnsupportedShapes) {
-  DecodeShape s{1, 12, 4, 128, 100, 100};  // GQA group of 3
+  DecodeShape s{1, 36, 4, 128, 100, 100};  // GQA group of 9
   EXPECT_THROW(dense_decode_attention({s, nullptr, nullptr, nullptr, nullptr, 1.0f}, nullptr, 1, nullptr),
                InvalidArgumentError);
   s = {1, 8, 8, 130, 100, 100};  // head_dim over 128

@@ -562,6 +562,8 @@ TEST(GpuLlama, PrefillMatchesReference) {
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 2, 53, /*graph=*/true, 0, {}, 23, {5, 11});
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 54, /*graph=*/true, /*window=*/5, {}, 23, {3, 9, 1, 4});
   run_case(tiny(128, 8, 2), GpuCache::kPQ, 32, true, 1, 55, /*graph=*/false, /*window=*/5, {}, 23, {12});
+  run_case(tiny(64, 6, 2), GpuCache::kF16, 0, false, 1, 58, /*graph=*/true, 0, {}, 23, {9, 5});  // GQA 3
+  run_case(tiny(64, 6, 2), GpuCache::kPQ, 32, false, 2, 59, /*graph=*/true, /*window=*/4, {}, 23, {9});
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 56, /*graph=*/true, /*window=*/64, {true, true, true, 64, 4}, 160,
            {40, 70, 30});
   run_case(tiny(64, 2, 1), GpuCache::kPQ, 32, false, 2, 57, /*graph=*/true, /*window=*/8, {true, false, true, 64, 0}, 40,
@@ -1075,12 +1077,73 @@ TEST(GpuLlama, Stories260KGreedyTextMatchesGolden) {
 }
 
 // The loaders refuse, with the library's error types, what the GPU path cannot run or read:
-// RoPE scaling (Llama 3 configs), q/k/v biases (Qwen2), sliding windows (Mistral), a missing
+// Llama 3's RoPE scaling (tests/data/hf-tiny/llama3-rope: a tiny random model, head_dim 32,
+// with transformers' float32 logits of a 40-token prompt and its 16-token greedy continuation):
+// f32 weights, fp16 cache; the prompt through prefill (chunks of 7) and token by token.
+TEST(GpuLlama, Llama3RopeScalingMatchesTransformers) {
+  const std::string dir = std::string(MILLION_SOURCE_DIR) + "/tests/data/hf-tiny/llama3-rope";
+  nlohmann::json ref;
+  std::ifstream(dir + "/reference.json") >> ref;
+  const auto ids = ref.at("input_ids").get<std::vector<int>>();
+  const auto greedy = ref.at("greedy_ids").get<std::vector<int>>();
+  const auto lshape = ref.at("logits_shape").get<std::vector<std::int64_t>>();
+  std::vector<float> want(static_cast<std::size_t>(lshape[0] * lshape[1]));
+  std::ifstream(dir + "/logits.f32", std::ios::binary).read(reinterpret_cast<char*>(want.data()),
+                                                             static_cast<std::streamsize>(want.size() * 4));
+  LlamaShape sh;
+  const LlamaHostWeights w = load_llama_hf(dir, sh);
+  ASSERT_EQ(sh.rope_inv_freq.size(), static_cast<std::size_t>(sh.head_dim / 2));  // scaled, from the config
+  const std::size_t V = static_cast<std::size_t>(sh.vocab);
+  ASSERT_EQ(static_cast<std::size_t>(lshape[0]), ids.size());
+  for (int chunk : {7, 1}) {
+    GpuLlamaOptions o;
+    o.capacity = static_cast<std::int64_t>(ids.size() + greedy.size());
+    o.f32_weights = true;
+    o.prefill_chunk = 7;
+    o.prefill_all_logits = true;
+    GpuLlama gpu(sh, o);
+    gpu.upload_weights(w);
+    std::vector<float> got;
+    for (std::size_t i = 0; i < ids.size(); i += static_cast<std::size_t>(chunk)) {
+      const int n = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(chunk), ids.size() - i));
+      const float* d = gpu.prefill(std::vector<int>(ids.begin() + static_cast<std::ptrdiff_t>(i),
+                                                    ids.begin() + static_cast<std::ptrdiff_t>(i) + n), n);
+      std::vector<float> part(static_cast<std::size_t>(n) * V);
+      check(cudaMemcpy(part.data(), d, part.size() * 4, cudaMemcpyDeviceToHost), "logits");
+      got.insert(got.end(), part.begin(), part.end());
+    }
+    double err = 0, scale = 1e-3;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      err = std::max(err, std::fabs(static_cast<double>(got[i]) - want[i]));
+      scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
+    }
+    EXPECT_LE(err, 1e-2 * scale) << "chunk " << chunk;  // K/V in fp16: ~1e-3 of the logit scale
+    // Greedy continuation by decode steps; required equal where our top-2 margin is clear.
+    std::vector<float> last(got.end() - static_cast<std::ptrdiff_t>(V), got.end());
+    int checked = 0;
+    for (std::size_t i = 0; i < greedy.size(); ++i) {
+      std::vector<float> sorted = last;
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+      const int top = static_cast<int>(std::max_element(last.begin(), last.end()) - last.begin());
+      if (sorted[0] - sorted[1] > 20 * err) {
+        ++checked;
+        EXPECT_EQ(top, greedy[i]) << "greedy step " << i << ", chunk " << chunk;
+      }
+      const float* d = gpu.step({greedy[i]});  // teacher-forced
+      check(cudaStreamSynchronize(gpu.stream()), "sync");
+      check(cudaMemcpy(last.data(), d, V * 4, cudaMemcpyDeviceToHost), "logits");
+    }
+    EXPECT_GE(checked, 8) << "too few clear greedy steps to check";
+    std::printf("llama3-rope (Llama 3 RoPE scaling), chunks of %d: max |logit diff| %.3g vs transformers (scale %.3g); "
+                "%d of %zu greedy steps checked equal\n", chunk, err, scale, checked, greedy.size());
+  }
+}
+
+// q/k/v biases (Qwen2), sliding windows (Mistral), a missing
 // directory, a truncated llama2.c checkpoint (tiny fixtures of tests/data, stories260K cut short).
 TEST(GpuLlama, LoadersRefuseWhatTheyCannotRun) {
   const std::string data = std::string(MILLION_SOURCE_DIR) + "/tests/data/hf-tiny/";
   LlamaShape sh;
-  EXPECT_THROW(load_llama_hf(data + "llama3-rope", sh), UnsupportedError);
   EXPECT_THROW(load_llama_hf(data + "qwen2-bias", sh), UnsupportedError);
   EXPECT_THROW(load_llama_hf(data + "mistral-sw", sh), UnsupportedError);  // sliding window
   EXPECT_THROW(load_llama_hf(data + "no-such-model", sh), Error);

@@ -608,13 +608,16 @@ __global__ void merge_kernel(const float* ws, int splits, int D, int n_heads, fl
   }
 }
 
-void validate(const DecodeShape& s, int splits, int tile, bool any_head_dim = false) {
+// any_group: every GQA group of 1 to 8 query heads (the dense and mma kernels); else 1, 2, 4 or 8
+// (the CUDA-core PQ kernel).
+void validate(const DecodeShape& s, int splits, int tile, bool any_head_dim = false, bool any_group = true) {
   if (s.batch < 1 || s.n_kv_heads < 1 || s.n_heads % s.n_kv_heads != 0) {
     throw InvalidArgumentError("CUDA decode attention: bad batch or head counts");
   }
   const int G = s.group();
-  if (G != 1 && G != 2 && G != 4 && G != 8) {
-    throw InvalidArgumentError("CUDA decode attention: query heads per kv head must be 1, 2, 4 or 8, got " +
+  if (any_group ? G > 8 : G != 1 && G != 2 && G != 4 && G != 8) {
+    throw InvalidArgumentError(std::string("CUDA decode attention: query heads per kv head must be ") +
+                               (any_group ? "1 to 8" : "1, 2, 4 or 8 (the CUDA-core PQ kernel)") + ", got " +
                                std::to_string(G));
   }
   const bool small_ok = any_head_dim && s.head_dim >= 2 && s.head_dim <= 128 && s.head_dim % 2 == 0;
@@ -687,7 +690,11 @@ void run_dense_g(const DenseParams& params, const DecodeShape& s, cudaStream_t s
   switch (s.group()) {
     case 1: return run_dense<D, 1>(params, s, stream);
     case 2: return run_dense<D, 2>(params, s, stream);
+    case 3: return run_dense<D, 3>(params, s, stream);
     case 4: return run_dense<D, 4>(params, s, stream);
+    case 5: return run_dense<D, 5>(params, s, stream);
+    case 6: return run_dense<D, 6>(params, s, stream);
+    case 7: return run_dense<D, 7>(params, s, stream);
     default: return run_dense<D, 8>(params, s, stream);
   }
 }
@@ -717,7 +724,11 @@ void dense_decode_attention(const DenseDecodeArgs& a, float* workspace, int spli
     switch (G) {
       case 1: dense_small_kernel<1><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
       case 2: dense_small_kernel<2><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
+      case 3: dense_small_kernel<3><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
       case 4: dense_small_kernel<4><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
+      case 5: dense_small_kernel<5><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
+      case 6: dense_small_kernel<6><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
+      case 7: dense_small_kernel<7><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
       default: dense_small_kernel<8><<<grid, kSmallThreads, smem, stream>>>(p, D); break;
     }
     check(cudaGetLastError(), "decode attention kernel launch");
@@ -740,7 +751,7 @@ namespace {
 // Validates `a`, launches the PQ kernel writing its partials at 0 .. splits - 1 of ws_splits per
 // head; the caller merges.
 void launch_pq_attention_partials(const PQDecodeArgs& a, float* workspace, int splits, int ws_splits, cudaStream_t stream) {
-  validate(a.shape, splits, kPQThreads);
+  validate(a.shape, splits, kPQThreads, false, a.kernel == PQKernel::kMma);
   if (a.M < 1 || a.shape.head_dim % a.M != 0) throw InvalidArgumentError("CUDA PQ attention: M must divide head_dim");
   const int dsub = a.shape.head_dim / a.M;
   if (dsub != 2 && dsub != 4) throw InvalidArgumentError("CUDA PQ attention: dsub must be 2 or 4, got " + std::to_string(dsub));

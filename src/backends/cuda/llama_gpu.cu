@@ -458,6 +458,9 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
     throw InvalidArgumentError("GpuLlama: the PQ cache needs head_dim 64 or 128");
   }
   if (opt_.batch < 1 || opt_.capacity < 1) throw InvalidArgumentError("GpuLlama: batch and capacity must be positive");
+  if (!s.rope_inv_freq.empty() && s.rope_inv_freq.size() != static_cast<std::size_t>(s.head_dim / 2)) {
+    throw InvalidArgumentError("GpuLlama: rope_inv_freq needs head_dim / 2 values");
+  }
   if (opt_.prefill_chunk < 0) throw InvalidArgumentError("GpuLlama: prefill_chunk must be >= 0");
   if (opt_.cache == GpuCache::kPQ) {
     const int dsub = opt_.pq_M > 0 && s.head_dim % opt_.pq_M == 0 ? s.head_dim / opt_.pq_M : 0;
@@ -642,8 +645,11 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
       a.M = opt_.pq_M;
       m.pq_splits = choose_splits_mma(cap, m.sm_count, pq_mma_blocks_per_sm(a));
     }
-    std::vector<double> inv(static_cast<std::size_t>(s.head_dim / 2));
-    for (int i = 0; i < s.head_dim / 2; ++i) inv[static_cast<std::size_t>(i)] = std::pow(s.rope_theta, -2.0 * i / s.head_dim);
+    std::vector<double> inv = s.rope_inv_freq;
+    if (inv.empty()) {
+      inv.resize(static_cast<std::size_t>(s.head_dim / 2));
+      for (int i = 0; i < s.head_dim / 2; ++i) inv[static_cast<std::size_t>(i)] = std::pow(s.rope_theta, -2.0 * i / s.head_dim);
+    }
     check(cudaMemcpy(m.inv_freq, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice), "upload inv_freq");
   } catch (...) {  // the buffers go with impl_; the stream is ours
     impl_.reset();

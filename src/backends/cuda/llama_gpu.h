@@ -33,6 +33,9 @@ struct LlamaShape {
   float norm_eps = 1e-5f;
   double rope_theta = 10000.0;
   bool rope_interleaved = false;  ///< false: Hugging Face "rotate half" pairs (i, i + head_dim / 2)
+  /// RoPE inverse frequency of each pair (head_dim / 2 values), e.g. Llama 3's scaled ones
+  /// (rope_inv_freq of model/config.h); empty: rope_theta^(-2i / head_dim).
+  std::vector<double> rope_inv_freq;
   /// Llama-3-8B: 32 layers, 32 heads / 8 kv heads, head_dim 128, hidden 4096, ffn 14336, vocab 128256.
   static LlamaShape llama3_8b();
   std::int64_t n_params() const;
@@ -92,8 +95,8 @@ struct LlamaHostWeights {
 };
 
 /// Loads a Hugging Face Llama directory (config.json + safetensors, f32 / f16 / bf16) and sets
-/// `shape` from its config (llama_gpu_load.cpp). Throws UnsupportedError for what the GPU path
-/// lacks (RoPE scaling, q/k/v biases, sliding windows).
+/// `shape` from its config (llama_gpu_load.cpp; Llama 3's RoPE scaling as rope_inv_freq). Throws
+/// UnsupportedError for what the GPU path lacks (q/k/v biases, sliding windows).
 LlamaHostWeights load_llama_hf(const std::string& dir, LlamaShape& shape);
 /// Loads a llama2.c checkpoint (legacy format: 7 int32 header, f32 tensors; models/stories260K).
 LlamaHostWeights load_llama2c(const std::string& path, LlamaShape& shape);

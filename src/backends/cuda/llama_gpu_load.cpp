@@ -49,7 +49,6 @@ std::vector<float> to_f32(const TensorInfo& t, std::int64_t want, const std::str
 
 // GpuLlama's shape of a validated ModelConfig; UnsupportedError for what the GPU path lacks.
 LlamaShape shape_of(const ModelConfig& c) {
-  if (c.rope_scaling.type != RopeScaling::Type::kNone) throw UnsupportedError("GPU path: RoPE scaling is not implemented");
   if (c.qkv_bias) throw UnsupportedError("GPU path: q/k/v projection biases are not implemented");
   if (c.sliding_window > 0) throw UnsupportedError("GPU path: sliding-window attention is not implemented");
   LlamaShape shape;
@@ -63,6 +62,7 @@ LlamaShape shape_of(const ModelConfig& c) {
   shape.norm_eps = c.norm_eps;
   shape.rope_theta = c.rope_theta;
   shape.rope_interleaved = c.rope_layout == RopeLayout::kInterleaved;
+  if (c.rope_scaling.type != RopeScaling::Type::kNone) shape.rope_inv_freq = rope_inv_freq(c);  // Llama 3
   return shape;
 }
 
