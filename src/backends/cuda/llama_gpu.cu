@@ -162,6 +162,27 @@ __global__ void rotate_kernel(const float* x, float* y, const float* mt, int div
   }
 }
 
+// The same for the few rows of a decode step, where the kernel is latency-bound: P = blockDim.x
+// / hd threads share each output, each summing hd / P of the products (chains of 16 instead of
+// 128 dependent loads and FMAs), reduced through shared memory. One block per row.
+__global__ void rotate_split_kernel(const float* x, float* y, const float* mt, int div, int n_kv, int hd) {
+  __shared__ float sx[128];
+  __shared__ float part[1024];
+  const std::int64_t row = blockIdx.x;
+  const float* Mt = mt + static_cast<std::int64_t>((row / div) % n_kv) * hd * hd;
+  const int t = threadIdx.x, P = blockDim.x / hd, i = t % hd, p = t / hd, len = hd / P;
+  for (int j = t; j < hd; j += blockDim.x) sx[j] = x[row * hd + j];
+  __syncthreads();
+  float a = 0.0f;
+  for (int j = p * len; j < (p + 1) * len; ++j) a = fmaf(Mt[j * hd + i], sx[j], a);
+  part[t] = a;
+  __syncthreads();
+  if (p == 0) {
+    for (int q = 1; q < P; ++q) a += part[q * hd + i];
+    y[row * hd + i] = a;
+  }
+}
+
 __device__ __forceinline__ float round_f16(float x) {  // as pq/normalize.cpp: clamped to the f16 range
   return __half2float(__float2half_rn(fminf(fmaxf(x, -65504.0f), 65504.0f)));
 }
@@ -929,6 +950,7 @@ void GpuLlama::enqueue_step() {
   // Host-side shape: the capacity (checks, splits); the kernels read the length from m.len.
   const DecodeShape ds{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.capacity, opt_.capacity};
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  const int rot_threads = s.head_dim * std::min(16, 1024 / s.head_dim);  // rotate_split_kernel: head_dim x P
   for (const auto& L : m.layers) {
     rmsnorm(L.attn_norm);
     gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden);
@@ -960,8 +982,8 @@ void GpuLlama::enqueue_step() {
       if (win) {  // the new token into the exact window now; its codes on the side stream
         const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(B) * z.kv;
         if (opt_.pq_rotate) {  // staged rotated: the window and the codes live in the codebooks' space
-          rotate_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(m.k, L.stage_k, L.rot_t, 1, s.n_kv_heads, s.head_dim);
-          rotate_kernel<<<rows_kv, s.head_dim, 0, stream_>>>(m.v, L.stage_v, L.rot_v_t, 1, s.n_kv_heads, s.head_dim);
+          rotate_split_kernel<<<rows_kv, rot_threads, 0, stream_>>>(m.k, L.stage_k, L.rot_t, 1, s.n_kv_heads, s.head_dim);
+          rotate_split_kernel<<<rows_kv, rot_threads, 0, stream_>>>(m.v, L.stage_v, L.rot_v_t, 1, s.n_kv_heads, s.head_dim);
         } else {
           check(cudaMemcpyAsync(L.stage_k, m.k, bytes, cudaMemcpyDeviceToDevice, stream_), "stage K");
           check(cudaMemcpyAsync(L.stage_v, m.v, bytes, cudaMemcpyDeviceToDevice, stream_), "stage V");
@@ -1008,7 +1030,7 @@ void GpuLlama::enqueue_step() {
       const float* qa = m.q;
       float* out = m.att;
       if (opt_.pq_rotate) {
-        rotate_kernel<<<B * s.n_heads, s.head_dim, 0, stream_>>>(m.q, m.qr, L.rot_t, G, s.n_kv_heads, s.head_dim);
+        rotate_split_kernel<<<B * s.n_heads, rot_threads, 0, stream_>>>(m.q, m.qr, L.rot_t, G, s.n_kv_heads, s.head_dim);
         qa = m.qr;
         out = m.att_r;
       }
@@ -1041,7 +1063,7 @@ void GpuLlama::enqueue_step() {
         pq_decode_attention(a, m.ws, m.pq_splits, stream_);
       }
       if (opt_.pq_rotate) {  // the output back from the codebooks' space
-        rotate_kernel<<<B * s.n_heads, s.head_dim, 0, stream_>>>(m.att_r, m.att, L.rot_v, G, s.n_kv_heads, s.head_dim);
+        rotate_split_kernel<<<B * s.n_heads, rot_threads, 0, stream_>>>(m.att_r, m.att, L.rot_v, G, s.n_kv_heads, s.head_dim);
       }
     }
     if (m.f32) {
