@@ -143,9 +143,11 @@ int main(int argc, char** argv) {
        << " tokens per sequence (attention in the chunk over exact K/V, earlier chunks read from the cache as decode "
           "reads them; PQ codes written per chunk); timed from the first chunk to the last logits.\n\n"
        << "| cache | batch | prompt | chunk | seconds | tokens/s |\n|---|---:|---:|---:|---:|---:|\n";
-    for (const std::string c : {"f16", "f16 (CUDA-core attention)", "pq4w", "pq4n", "pq4n (CUDA-core attention)"}) {
+    for (const std::string c : {"f16", "f16 (CUDA-core attention)", "pq4w", "pq4n", "pq4n (history decoded per block)",
+                                "pq4n (CUDA-core attention)"}) {
       GpuLlamaOptions o;
       o.prefill_tensor_cores = c.find("CUDA-core") == std::string::npos;
+      o.prefill_decode_history = c.find("per block") == std::string::npos && c.find("CUDA-core") == std::string::npos;
       o.batch = batch;
       o.capacity = prefill;
       const bool f16 = c.rfind("f16", 0) == 0, norm = c.rfind("pq4n", 0) == 0;

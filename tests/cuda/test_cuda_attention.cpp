@@ -824,13 +824,20 @@ void prefill_case(int kind, int H, int Hkv, int D, int pos0, int n_q, int W, int
   for (float x : kd) ASSERT_TRUE(std::isfinite(x)) << "test setup: a position without keys";
   DeviceBuffer<float> dq(q.size());
   dq.upload(q);
+  // The codes also through pq_decode_history (decoded once, read by every block).
+  const std::size_t hist_n = static_cast<std::size_t>(B) * Hkv * cap * D;
+  DeviceBuffer<std::uint16_t> hk(hist_n), hv(hist_n);
+  PrefillAttentionArgs ah = a;
+  if (kind != 0) pq_decode_history(ah, hk.get(), hv.get(), cap, nullptr);
+  for (int hist = 0; hist < (kind != 0 ? 2 : 1); ++hist) {
   for (PrefillKernel kernel : {PrefillKernel::kCudaCores, PrefillKernel::kMma}) {
   if (kernel == PrefillKernel::kMma && D != 64 && D != 128) continue;
   GuardedOut out(q.size());
-  a.q = dq.get();
-  a.out = out.out();
-  a.kernel = kernel;
-  prefill_attention(a, nullptr);
+  PrefillAttentionArgs& run = hist ? ah : a;
+  run.q = dq.get();
+  run.out = out.out();
+  run.kernel = kernel;
+  prefill_attention(run, nullptr);
   check(cudaDeviceSynchronize(), "sync");
   bool guards = false;
   const auto got = out.result(guards);
@@ -853,12 +860,13 @@ void prefill_case(int kind, int H, int Hkv, int D, int pos0, int n_q, int W, int
     r.out = want.data();
     dense_attention_ref(r);
     const auto first = got.begin() + static_cast<std::ptrdiff_t>(b) * n_q * H * D;
-    const std::string what = std::string(tc ? "prefill-mma " : "prefill ") + names[kind] + " H=" + std::to_string(H) + "/" +
+    const std::string what = std::string(tc ? "prefill-mma " : "prefill ") + (hist ? "decoded history " : "") + names[kind] + " H=" + std::to_string(H) + "/" +
                              std::to_string(Hkv) + " D=" + std::to_string(D) + " pos0=" + std::to_string(pos0) +
                              " n_q=" + std::to_string(n_q) + " b=" + std::to_string(b);
     const double err = expect_close(std::vector<float>(first, first + static_cast<std::ptrdiff_t>(want.size())), want, what,
-                                    tc ? kTensorCoreBound : 2e-5);
-    worst[tc] = std::max(worst[tc], err);
+                                    tc || (hist && kind == 2) ? kTensorCoreBound : 2e-5);  // decoded rows: fp16
+    if (!hist || kind != 2 || tc) worst[tc] = std::max(worst[tc], err);
+  }
   }
   }
 }

@@ -382,6 +382,7 @@ struct GpuLlama::Impl {
   cudaGraphExec_t graph = nullptr;
   float *qr = nullptr, *att_r = nullptr;  // pq_rotate: rotated queries / outputs [B, n_heads, head_dim]
   void* norm_mem = nullptr;         // one allocation for the normalised variant's buffers
+  void* history = nullptr;          // prefill_decode_history: K then V [B * n_kv, capacity, head_dim] fp16
   cudaStream_t side = nullptr;      // PQ window: the encoder's stream
   cudaEvent_t joined = nullptr;     // PQ window: the side stream's work of this step is done
 
@@ -402,6 +403,7 @@ struct GpuLlama::Impl {
     cudaFree(cache);
     cudaFree(work);
     cudaFree(norm_mem);
+    cudaFree(history);
   }
 };
 
@@ -441,6 +443,12 @@ std::int64_t work_bytes(const LlamaShape& s, const GpuLlamaOptions& o, int split
 }
 
 }  // namespace
+
+// prefill_decode_history's buffer: one layer's fp16 K and V for the capacity.
+static std::int64_t history_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
+  if (o.cache != GpuCache::kPQ || o.prefill_chunk < 1 || !o.prefill_decode_history) return 0;
+  return 2ll * o.batch * s.n_kv_heads * o.capacity * s.head_dim * 2;
+}
 
 // The normalised variant's buffers (Impl::Layer's rot .. uv, Impl's qr / att_r), all layers.
 static std::int64_t norm_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
@@ -507,8 +515,8 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
   check(cudaDeviceGetAttribute(&m.sm_count, cudaDevAttrMultiProcessorCount, dev), "SM count");
   const int splits_max = 4 * m.sm_count;
   const std::int64_t need_w = weight_bytes(s, opt_.f32_weights), need_c = cache_bytes(s, opt_),
-                     need_work = work_bytes(s, opt_, splits_max) +
-                                 static_cast<std::int64_t>(kBlasWorkspace);
+                     need_work = work_bytes(s, opt_, splits_max) + static_cast<std::int64_t>(kBlasWorkspace) +
+                                 history_bytes(s, opt_);
   std::size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   const double gib = 1024.0 * 1024.0 * 1024.0;
@@ -620,7 +628,10 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
         }
       }
     }
-    check(cudaMalloc(&m.work, static_cast<std::size_t>(need_work)), "cudaMalloc(work)");
+    if (const std::int64_t hb = history_bytes(s, opt_); hb > 0) {
+      check(cudaMalloc(&m.history, static_cast<std::size_t>(hb)), "cudaMalloc(prefill history)");
+    }
+    check(cudaMalloc(&m.work, static_cast<std::size_t>(need_work - history_bytes(s, opt_))), "cudaMalloc(work)");
     float* fp = static_cast<float*>(m.work);
     auto takef = [&](std::int64_t n) {  // 16-byte aligned (the kernels load float4)
       float* p = fp;
@@ -1257,8 +1268,14 @@ void GpuLlama::enqueue_prefill(int T) {
         a.norm_group = opt_.pq_norm_group;
       }
       if (opt_.pq_v_token_norm) a.v_token_norm = L.vnorm;
+      auto decode_history = [&] {  // the coded history once for every block of queries
+        if (!m.history || a.n_codes < 1) return;
+        const std::int64_t half = static_cast<std::int64_t>(B) * Hkv * opt_.capacity * hd;
+        pq_decode_history(a, m.history, static_cast<__half*>(m.history) + half, opt_.capacity, stream_);
+      };
       if (win) {  // codes older than the window (counted from the chunk's first token), sinks + ring, the chunk
         a.n_codes = std::max<std::int64_t>(0, p0 + 1 - W - S);
+        decode_history();
         a.ring_k = L.ring_k;
         a.ring_v = L.ring_v;
         a.sinks = S;
@@ -1272,6 +1289,7 @@ void GpuLlama::enqueue_prefill(int T) {
       } else {  // stress mode: every token from its codes, the chunk's own too
         encode();
         a.n_codes = p0 + T;
+        decode_history();
         prefill_attention(a, stream_);
       }
       if (opt_.pq_rotate) rotate_kernel<<<R * s.n_heads, hd, 0, stream_>>>(m.pf_att, m.att, L.rot_v, G, Hkv, hd);

@@ -82,6 +82,10 @@ struct GpuLlamaOptions {
   /// Prefill attention on tensor cores (fp16 operands; head_dim 64 or 128) rather than the f32
   /// CUDA-core kernel (prefill_attention.h).
   bool prefill_tensor_cores = true;
+  /// PQ prefill: decode the coded history once per layer and chunk into an fp16 buffer that
+  /// every block of queries reads (pq_decode_history; one layer's fp16 K/V for the capacity:
+  /// 4 GiB for Llama-3-8B at a million tokens) instead of decoding it in each block.
+  bool prefill_decode_history = true;
 };
 
 /// Host-side weights in f32 (rounded to bf16 on upload), Hugging Face layouts: matrices [out, in].

@@ -1,7 +1,10 @@
-// PQ encoding on the device (contract in cuda_attention.h): one block per (sequence x kv head,
-// token, subspace) computes the ksub distances in parallel and writes the nearest centroid's
-// index into the cache's code buffer at the position its code order gives (token-major, or the mma
-// kernel's interleaved key / value layouts). What it does not do: rotation and normalisation
+// PQ encoding on the device (contract in cuda_attention.h): the nearest centroid's index of each
+// (sequence x kv head, token, subspace), written into the cache's code buffer at the position its
+// code order gives (token-major, or the mma kernel's interleaved key / value layouts). Two
+// kernels with the same arithmetic (f32 distances summed with fmaf in subspace order; ties to the
+// lower index; NaN never wins; code 0 when nothing is finite): a block per (row, subspace) for
+// the few rows of a decode step, a thread per (row, subspace) for bulk encoding (a prefill chunk,
+// a completed key group). What it does not do: rotation and normalisation
 // (the caller's kernels), packing 4-bit codes.
 #include <cuda_runtime.h>
 
@@ -79,6 +82,40 @@ __global__ void __launch_bounds__(kThreads) pq_encode_kernel(PQEncodeArgs a) {
   }
 }
 
+// Bulk: a block per (256 tokens, subspace, sequence x kv head) with the subspace's codebook in
+// shared memory; each thread walks the ksub centroids for its token (broadcast reads).
+template <int DSUB>
+__global__ void __launch_bounds__(kThreads) pq_encode_bulk_kernel(PQEncodeArgs a) {
+  __shared__ float sc[256 * DSUB];
+  const std::int64_t eff = a.len_device ? *a.len_device - a.len_offset : 0;
+  if (a.len_device && eff < a.n_tokens) return;
+  if (a.every > 0 && eff % a.every != 0) return;
+  const int m = blockIdx.y, sh = blockIdx.z;
+  const float* cen = a.centroids + (sh % a.n_kv_heads) * a.cb_head_stride + static_cast<std::int64_t>(m) * a.ksub * DSUB;
+  for (int i = threadIdx.x; i < a.ksub * DSUB; i += blockDim.x) sc[i] = cen[i];
+  __syncthreads();
+  const int tok = blockIdx.x * blockDim.x + threadIdx.x;
+  if (tok >= a.n_tokens) return;
+  const float* x = a.x + (static_cast<std::int64_t>(sh) * a.n_tokens + tok) * a.head_dim + m * DSUB;
+  float xv[DSUB];
+#pragma unroll
+  for (int j = 0; j < DSUB; ++j) xv[j] = x[j];
+  float best = INFINITY;
+  int best_c = 0;
+  for (int c = 0; c < a.ksub; ++c) {
+    float d = 0.0f;
+#pragma unroll
+    for (int j = 0; j < DSUB; ++j) {
+      const float t = xv[j] - sc[c * DSUB + j];
+      d = fmaf(t, t, d);
+    }
+    if (d < best) best = d, best_c = c;  // strict: ties keep the lower index; NaN never wins
+  }
+  const std::int64_t pos0 = a.len_device ? eff - a.n_tokens : a.pos0;
+  a.codes[(static_cast<std::int64_t>(sh) * a.capacity + pos0 + tok) * a.M + code_pos(m, a.M, a.order)] =
+      static_cast<std::uint8_t>(best_c);
+}
+
 }  // namespace
 
 void pq_encode(const PQEncodeArgs& a, cudaStream_t stream) {
@@ -105,6 +142,18 @@ void pq_encode(const PQEncodeArgs& a, cudaStream_t stream) {
   }
   const std::int64_t total = static_cast<std::int64_t>(a.n_seq_heads) * a.n_tokens * a.M;  // blocks
   if (total == 0) return;
+  if (a.n_tokens >= 32 && a.M <= 65535 && a.n_seq_heads <= 65535) {  // bulk: a thread per (row, subspace)
+    const dim3 grid(static_cast<unsigned>((a.n_tokens + kThreads - 1) / kThreads), static_cast<unsigned>(a.M),
+                    static_cast<unsigned>(a.n_seq_heads));
+    switch (dsub) {
+      case 1: pq_encode_bulk_kernel<1><<<grid, kThreads, 0, stream>>>(a); break;
+      case 2: pq_encode_bulk_kernel<2><<<grid, kThreads, 0, stream>>>(a); break;
+      case 4: pq_encode_bulk_kernel<4><<<grid, kThreads, 0, stream>>>(a); break;
+      default: pq_encode_bulk_kernel<8><<<grid, kThreads, 0, stream>>>(a); break;
+    }
+    check(cudaGetLastError(), "PQ encode kernel launch");
+    return;
+  }
   // At most 4096 blocks, each looping over its (row, subspace) pairs: a group encoder that runs
   // every step but works only when a group completes (`every`) costs a short launch otherwise.
   const dim3 grid(static_cast<unsigned>(std::min<std::int64_t>(total, 4096)));

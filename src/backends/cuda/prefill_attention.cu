@@ -13,6 +13,7 @@
 
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
 #include <string>
 #include <type_traits>
@@ -78,7 +79,11 @@ __device__ void load_tile(const Params& P, int src, std::int64_t t0, int b, int 
     float k = 0.0f, v = 0.0f;
     if (sPos[j] != LLONG_MAX) {
       const std::int64_t t = t0 + j;
-      if (src == kCodes) {
+      if (src == kCodes && t < a.decoded_n) {
+        const std::int64_t i = (sh * a.decoded_capacity + t) * hd + d;
+        k = __half2float(static_cast<const __half*>(a.decoded_k)[i]);
+        v = __half2float(static_cast<const __half*>(a.decoded_v)[i]);
+      } else if (src == kCodes) {
         const int m = d / P.dsub, M = a.M;
         const std::uint8_t* ck = a.codes_k + (sh * a.codes_capacity + t) * M;
         const std::uint8_t* cv = a.codes_v + (sh * a.codes_capacity + t) * M;
@@ -253,6 +258,49 @@ __device__ __forceinline__ void decode8(const PrefillAttentionArgs& a, std::int6
   }
 }
 
+// Dimensions d0 .. d0 + 7 of code row t of (sequence x kv head) sh, normalisations applied, as fp16.
+__device__ __forceinline__ void decode_codes8(const Params& P, std::int64_t sh, int kv, std::int64_t t, int d0, uint4& k,
+                                              uint4& v) {
+  const PrefillAttentionArgs& a = P.a;
+  const int hd = a.head_dim;
+  float kf[8], vf[8];
+  if (P.dsub == 2) {
+    decode8<2>(a, sh, kv, t, d0, kf, vf);
+  } else {
+    decode8<4>(a, sh, kv, t, d0, kf, vf);
+  }
+  if (a.k_group_params) {
+    const __half* gp = static_cast<const __half*>(a.k_group_params) + (sh * P.n_groups + t / a.norm_group) * 2 * hd + d0;
+    const uint4 mn = *reinterpret_cast<const uint4*>(gp), rg = *reinterpret_cast<const uint4*>(gp + hd);
+    const __half* mnh = reinterpret_cast<const __half*>(&mn);
+    const __half* rgh = reinterpret_cast<const __half*>(&rg);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) kf[i] = __half2float(mnh[i]) + __half2float(rgh[i]) * kf[i];
+  }
+  if (a.v_token_norm) {
+    const float nrm = __half2float(static_cast<const __half*>(a.v_token_norm)[sh * a.codes_capacity + t]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) vf[i] *= nrm;
+  }
+  k = pack8(kf);
+  v = pack8(vf);
+}
+
+// pq_decode_history: rows 0 .. n - 1 of every (sequence x kv head) into out_k / out_v.
+__global__ void decode_history_kernel(const Params P, std::int64_t n, __half* out_k, __half* out_v, std::int64_t cap) {
+  const int hd = P.a.head_dim, per_row = hd / 8;
+  const std::int64_t rows = static_cast<std::int64_t>(P.a.batch) * P.a.n_kv_heads, total = rows * n * per_row;
+  for (std::int64_t u = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; u < total;
+       u += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t sh = u / (n * per_row), t = u / per_row % n;
+    const int d0 = static_cast<int>(u % per_row) * 8;
+    uint4 k, v;
+    decode_codes8(P, sh, static_cast<int>(sh % P.a.n_kv_heads), t, d0, k, v);
+    *reinterpret_cast<uint4*>(out_k + (sh * cap + t) * hd + d0) = k;
+    *reinterpret_cast<uint4*>(out_v + (sh * cap + t) * hd + d0) = v;
+  }
+}
+
 template <int TK>
 __device__ void load_tile_h(const Params& P, int src, std::int64_t t0, int b, int kv, __half* sK, __half* sV, int stride,
                             long long* sPos) {
@@ -278,28 +326,12 @@ __device__ void load_tile_h(const Params& P, int src, std::int64_t t0, int b, in
         *reinterpret_cast<float4*>(vf + 4) = *reinterpret_cast<const float4*>(a.chunk_v + i + 4);
         k = pack8(kf);
         v = pack8(vf);
-      } else {  // codes: 8 / dsub subspaces
-        float kf[8], vf[8];
-        if (P.dsub == 2) {
-          decode8<2>(a, sh, kv, t, d0, kf, vf);
-        } else {
-          decode8<4>(a, sh, kv, t, d0, kf, vf);
-        }
-        if (a.k_group_params) {
-          const __half* gp = static_cast<const __half*>(a.k_group_params) + (sh * P.n_groups + t / a.norm_group) * 2 * hd + d0;
-          const uint4 mn = *reinterpret_cast<const uint4*>(gp), rg = *reinterpret_cast<const uint4*>(gp + hd);
-          const __half* mnh = reinterpret_cast<const __half*>(&mn);
-          const __half* rgh = reinterpret_cast<const __half*>(&rg);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) kf[i] = __half2float(mnh[i]) + __half2float(rgh[i]) * kf[i];
-        }
-        if (a.v_token_norm) {
-          const float nrm = __half2float(static_cast<const __half*>(a.v_token_norm)[sh * a.codes_capacity + t]);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) vf[i] *= nrm;
-        }
-        k = pack8(kf);
-        v = pack8(vf);
+      } else if (t < a.decoded_n) {  // codes decoded once for every block (pq_decode_history)
+        const std::int64_t i = (sh * a.decoded_capacity + t) * hd + d0;
+        k = *reinterpret_cast<const uint4*>(static_cast<const __half*>(a.decoded_k) + i);
+        v = *reinterpret_cast<const uint4*>(static_cast<const __half*>(a.decoded_v) + i);
+      } else {
+        decode_codes8(P, sh, kv, t, d0, k, v);
       }
     }
     *reinterpret_cast<uint4*>(sK + j * stride + d0) = k;
@@ -469,8 +501,45 @@ __global__ void __launch_bounds__(kThreadsM, 1) prefill_mma_kernel(const Params 
 
 }  // namespace
 
+namespace {
+
+[[noreturn]] void fail(const std::string& why) { throw InvalidArgumentError("CUDA prefill attention: " + why); }
+
+// The PQ source's checks and derived parameters.
+void pq_params(const PrefillAttentionArgs& a, Params& P) {
+  if (!a.codes_v || !a.cb_k || !a.cb_v || a.M < 8 || a.M % 8 != 0 || a.head_dim % a.M != 0) fail("bad PQ arguments");
+  P.dsub = a.head_dim / a.M;
+  if (P.dsub != 2 && P.dsub != 4) fail("PQ dsub must be 2 or 4");
+  if (a.n_codes < 0 || a.n_codes > a.codes_capacity || a.codes_offset < 0) fail("codes past their capacity");
+  if (a.k_group_params) {
+    if (a.norm_group < 1) fail("key channel-groups need norm_group");
+    P.n_groups = (a.codes_capacity + a.norm_group - 1) / a.norm_group;
+  }
+  if (a.decoded_n > 0 && (!a.decoded_k || !a.decoded_v || a.decoded_n > a.decoded_capacity)) fail("bad decoded rows");
+}
+
+}  // namespace
+
+void pq_decode_history(PrefillAttentionArgs& a, void* k_out, void* v_out, std::int64_t capacity, cudaStream_t stream) {
+  if (!a.codes_k) fail("pq_decode_history needs the PQ source");
+  if (a.head_dim < 8 || a.head_dim > 128 || a.head_dim % 8 != 0) fail("head_dim must be a multiple of 8 up to 128");
+  if (a.n_codes > capacity || !k_out || !v_out) fail("decoded rows do not fit");
+  Params P{a, 1, 1, 0, 0};
+  P.a.decoded_n = 0;
+  pq_params(P.a, P);
+  a.decoded_k = k_out;
+  a.decoded_v = v_out;
+  a.decoded_capacity = capacity;
+  a.decoded_n = a.n_codes;
+  if (a.n_codes == 0) return;
+  const std::int64_t units = static_cast<std::int64_t>(a.batch) * a.n_kv_heads * a.n_codes * (a.head_dim / 8);
+  const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((units + 255) / 256, 65535));
+  decode_history_kernel<<<blocks, 256, 0, stream>>>(P, a.n_codes, static_cast<__half*>(k_out), static_cast<__half*>(v_out),
+                                                     capacity);
+  check(cudaGetLastError(), "decode history launch");
+}
+
 void prefill_attention(const PrefillAttentionArgs& a, cudaStream_t stream) {
-  auto fail = [](const std::string& why) { throw InvalidArgumentError("CUDA prefill attention: " + why); };
   if (a.batch < 1 || a.n_kv_heads < 1 || a.n_heads < a.n_kv_heads || a.n_heads % a.n_kv_heads != 0) fail("bad head counts");
   if (a.head_dim < 8 || a.head_dim > 128 || a.head_dim % 8 != 0) fail("head_dim must be a multiple of 8 up to 128");
   const int G = a.n_heads / a.n_kv_heads;
@@ -480,16 +549,7 @@ void prefill_attention(const PrefillAttentionArgs& a, cudaStream_t stream) {
   if (!a.codes_k && !a.ring_k && !a.cache_k && !a.chunk_k) fail("no keys to attend to");
   Params P{a, G, kRows / G, 0, 0};
   if (a.cache_k && (!a.cache_v || a.cache_capacity < a.pos0 + a.n_q)) fail("the fp16 cache does not hold the chunk");
-  if (a.codes_k) {
-    if (!a.codes_v || !a.cb_k || !a.cb_v || a.M < 8 || a.M % 8 != 0 || a.head_dim % a.M != 0) fail("bad PQ arguments");
-    P.dsub = a.head_dim / a.M;
-    if (P.dsub != 2 && P.dsub != 4) fail("PQ dsub must be 2 or 4");
-    if (a.n_codes < 0 || a.n_codes > a.codes_capacity || a.codes_offset < 0) fail("codes past their capacity");
-    if (a.k_group_params) {
-      if (a.norm_group < 1) fail("key channel-groups need norm_group");
-      P.n_groups = (a.codes_capacity + a.norm_group - 1) / a.norm_group;
-    }
-  }
+  if (a.codes_k) pq_params(a, P);
   if (a.ring_k && (!a.ring_v || a.sinks < 0 || a.window < 1)) fail("the ring needs a window");
   if (a.chunk_k && !a.chunk_v) fail("chunk values missing");
   const int qpb = a.kernel == PrefillKernel::kMma ? kRowsM / G : P.queries_per_block;

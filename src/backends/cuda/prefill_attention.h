@@ -59,6 +59,14 @@ struct PrefillAttentionArgs {
   std::int64_t codes_capacity = 0;
   std::int64_t n_codes = 0;
   std::int64_t codes_offset = 0;
+  /// The codes decoded once for every block (pq_decode_history sets these): rows
+  /// [batch, n_kv_heads, decoded_capacity, head_dim] fp16 of codes 0 .. decoded_n - 1, read
+  /// instead of decoding those codes in each block (the mma kernel's values; the CUDA-core
+  /// kernel then reads normalised codes rounded to fp16 rather than in f32).
+  const void* decoded_k = nullptr;
+  const void* decoded_v = nullptr;
+  std::int64_t decoded_capacity = 0;
+  std::int64_t decoded_n = 0;
 
   /// (3) Exact fp16 buffer [batch, n_kv_heads, sinks + window, head_dim] as GpuLlama's PQ window
   /// keeps it before the chunk: slot k < sinks holds position k (if < pos0); ring slot sinks + j
@@ -75,6 +83,12 @@ struct PrefillAttentionArgs {
   const float* chunk_k = nullptr;
   const float* chunk_v = nullptr;
 };
+
+/// Decodes codes 0 .. a.n_codes - 1 of the PQ source (normalisations applied, rounded to fp16
+/// as the kernels read them) into k_out / v_out [batch, n_kv_heads, capacity, head_dim] fp16
+/// and points a.decoded_* at them: a long coded history is then decoded once per call instead
+/// of once per block of queries. Launches on `stream`.
+void pq_decode_history(PrefillAttentionArgs& a, void* k_out, void* v_out, std::int64_t capacity, cudaStream_t stream);
 
 /// Throws million::InvalidArgumentError for unsupported shapes (head_dim, a GQA group over 64,
 /// PQ dsub other than 2 or 4, no source); launches on `stream`.
