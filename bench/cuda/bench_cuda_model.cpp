@@ -11,7 +11,7 @@
 // to the last logits.
 //   bench_cuda_model [--out FILE] [--steps N] [--batch B] [--contexts 32768,131072]
 //                    [--caches f16,pq4,pq4w,pq2] [--pq-1m 1]   (pq-1m: also the 1M-token rows)
-//                    [--prefill 8192] [--chunk 512]
+//                    [--prefill 8192] [--chunk 512] [--prefill-caches f16,pq4w,pq4n]
 // pq4w: 4-bit codes plus the newest 128 tokens exact (fp16 window), encoding on a side stream;
 // pq4n: the same with the normalised variant (rotation, key channel-groups of 128, value norms).
 #include <cuda_runtime.h>
@@ -48,6 +48,8 @@ int main(int argc, char** argv) {
   int steps = 16, batch = 1, prefill = 8192, chunk = 512;
   bool pq_1m = true;
   std::vector<std::string> contexts{"32768", "131072"}, caches{"f16", "pq4", "pq4w", "pq4n"};
+  std::vector<std::string> prefill_caches{"f16", "f16 (CUDA-core attention)", "pq4w", "pq4n",
+                                          "pq4n (history decoded per block)", "pq4n (CUDA-core attention)"};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--out") out_path = v;
@@ -58,6 +60,7 @@ int main(int argc, char** argv) {
     else if (k == "--pq-1m") pq_1m = v != "0";
     else if (k == "--prefill") prefill = std::stoi(v);
     else if (k == "--chunk") chunk = std::stoi(v);
+    else if (k == "--prefill-caches") prefill_caches = split(v);
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -143,8 +146,7 @@ int main(int argc, char** argv) {
        << " tokens per sequence (attention in the chunk over exact K/V, earlier chunks read from the cache as decode "
           "reads them; PQ codes written per chunk); timed from the first chunk to the last logits.\n\n"
        << "| cache | batch | prompt | chunk | seconds | tokens/s |\n|---|---:|---:|---:|---:|---:|\n";
-    for (const std::string c : {"f16", "f16 (CUDA-core attention)", "pq4w", "pq4n", "pq4n (history decoded per block)",
-                                "pq4n (CUDA-core attention)"}) {
+    for (const std::string& c : prefill_caches) {
       GpuLlamaOptions o;
       o.prefill_tensor_cores = c.find("CUDA-core") == std::string::npos;
       o.prefill_decode_history = c.find("per block") == std::string::npos && c.find("CUDA-core") == std::string::npos;
