@@ -371,7 +371,6 @@ struct GpuLlama::Impl {
   int* tokens = nullptr;      // device [batch]
   int* pf_tokens = nullptr;   // device [R]: a prefill chunk's tokens
   float *pf_kr = nullptr, *pf_vr = nullptr, *pf_kx = nullptr, *pf_vx = nullptr, *pf_qr = nullptr, *pf_att = nullptr;
-  std::int64_t rows = 0;      // R: activation rows (batch * max(1, prefill_chunk))
   int* host_tokens = nullptr; // pinned [batch]: the graph's copy reads it when it runs
   std::int64_t* len = nullptr;  // device: tokens in the cache once this step's token is appended
   float *x, *tmp, *qkv, *q, *k, *v, *att, *gu, *logits, *ws;
@@ -640,7 +639,6 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
     };
     const int B = opt_.batch;
     const std::int64_t R = act_rows(opt_);
-    m.rows = R;
     m.x = takef(R * s.hidden);
     m.tmp = takef(R * s.hidden);
     m.qkv = takef(R * (z.q + 2 * z.kv));

@@ -1,7 +1,9 @@
 // Prefill attention (prefill_attention.h): one online softmax per query row over the enabled
-// sources, in that order: PQ codes, the exact sinks + ring buffer, the dense fp16 cache, the
-// chunk's own K/V.
-// Block: 128 threads on (tile of queries, kv head, sequence); 64 query rows = QT queries x the
+// sources, in that order: PQ codes (or their rows decoded once by pq_decode_history), the exact
+// sinks + ring buffer, the dense fp16 cache, the chunk's own K/V. Two kernels share the sources'
+// loaders: the tensor-core one (prefill_mma_kernel, described at its definition below) and the
+// f32 CUDA-core one described here.
+// CUDA-core block: 128 threads on (tile of queries, kv head, sequence); 64 query rows = QT queries x the
 // G heads of the kv head (QT = 64 / G), two threads per row, each owning half of the head's
 // dimensions in alternating runs of 4 (thread h of a row: dims 8c + 4h .. + 3), so that the two
 // threads of a row read different banks of a broadcast key row.
@@ -38,8 +40,7 @@ struct Params {
 
 enum Source { kCodes = 0, kRing = 1, kCache = 2, kChunk = 3 };
 
-// Positions of a tile's TK tokens and their K/V rows (as T: f32 or fp16) into shared memory,
-// rows `stride` elements apart. blockDim.x threads.
+// Positions of a tile's TK tokens into sPos (LLONG_MAX: absent or not visible to any query).
 template <int TK>
 __device__ void load_positions(const PrefillAttentionArgs& a, int src, std::int64_t t0, long long* sPos) {
   for (int jj = threadIdx.x; jj < TK; jj += blockDim.x) {
@@ -67,6 +68,8 @@ __device__ void load_positions(const PrefillAttentionArgs& a, int src, std::int6
   __syncthreads();
 }
 
+// A tile's positions and K/V rows (as T: f32 or fp16) into shared memory, rows `stride`
+// elements apart; a thread per element (the CUDA-core kernel's loader).
 template <int TK, typename T>
 __device__ void load_tile(const Params& P, int src, std::int64_t t0, int b, int kv, T* sK, T* sV, int stride,
                           long long* sPos) {
