@@ -589,6 +589,20 @@ std::string gutenberg_dir() {
   return "";
 }
 
+// The calibrated pq-norm 4-bit codebook of gutenberg-23m: $MILLION_GUTENBERG_CODEBOOK or
+// device-carry/gutenberg-23m-pq-norm-4bit.cb (scripts/gpu-deps.sh copies it when one is at hand).
+std::string gutenberg_codebook() {
+  const char* e = std::getenv("MILLION_GUTENBERG_CODEBOOK");
+  return e ? e : "device-carry/gutenberg-23m-pq-norm-4bit.cb";
+}
+
+// Token ids of golden.json's prompt `k`.
+std::vector<int> golden_prompt_ids(const std::string& dir, int k) {
+  nlohmann::json golden;
+  std::ifstream(dir + "/golden.json") >> golden;
+  return golden["prompts"][k]["input_ids"].get<std::vector<int>>();
+}
+
 // Each golden prompt fed token by token through the fp16 cache; the last position's 8192
 // logits against Hugging Face's (f32 weights and activations; ours: bf16 weights — the file's
 // dtype — and bf16 GEMM inputs), then the 48 greedy tokens teacher-forced: our argmax must equal
@@ -672,15 +686,11 @@ TEST(GpuLlama, GutenbergMatchesGolden) {
 // position. The codebook: $MILLION_GUTENBERG_CODEBOOK or device-carry/gutenberg-23m-pq-norm-4bit.cb
 // (scripts/gpu-deps.sh copies it when a calibrated one is at hand); skipped without it.
 TEST(GpuLlama, GutenbergPQNormCloseToFp16) {
-  const std::string dir = gutenberg_dir();
-  std::string cbp = "device-carry/gutenberg-23m-pq-norm-4bit.cb";
-  if (const char* e = std::getenv("MILLION_GUTENBERG_CODEBOOK")) cbp = e;
+  const std::string dir = gutenberg_dir(), cbp = gutenberg_codebook();
   if (dir.empty() || !std::filesystem::exists(cbp)) {
     GTEST_SKIP() << "gutenberg-23m or its pq-norm codebook not found (" << cbp << ")";
   }
-  nlohmann::json golden;
-  std::ifstream(dir + "/golden.json") >> golden;
-  const std::vector<int> ids = golden["prompts"][0]["input_ids"].get<std::vector<int>>();
+  const std::vector<int> ids = golden_prompt_ids(dir, 0);
   LlamaShape shape;
   const LlamaHostWeights w = load_llama_hf(dir, shape);
   GpuLlamaOptions of;
@@ -736,15 +746,11 @@ TEST(GpuLlama, GutenbergPQNormCloseToFp16) {
 // over the K/V rotated and normalised on the host; the mma PQ kernel over those codes, group
 // parameters and norms against dense attention over the K/V they decode to.
 TEST(GpuLlama, KernelsMatchReferencesOnGutenbergKV) {
-  const std::string dir = gutenberg_dir();
-  std::string cbp = "device-carry/gutenberg-23m-pq-norm-4bit.cb";
-  if (const char* e = std::getenv("MILLION_GUTENBERG_CODEBOOK")) cbp = e;
+  const std::string dir = gutenberg_dir(), cbp = gutenberg_codebook();
   if (dir.empty() || !std::filesystem::exists(cbp)) {
     GTEST_SKIP() << "gutenberg-23m or its pq-norm codebook not found (" << cbp << ")";
   }
-  nlohmann::json golden;
-  std::ifstream(dir + "/golden.json") >> golden;
-  const std::vector<int> ids = golden["prompts"][0]["input_ids"].get<std::vector<int>>();
+  const std::vector<int> ids = golden_prompt_ids(dir, 0);
   ASSERT_EQ(ids.size(), 1000u);
   LlamaShape sh;
   const LlamaHostWeights w = load_llama_hf(dir, sh);

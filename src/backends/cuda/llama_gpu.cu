@@ -388,6 +388,16 @@ struct GpuLlama::Impl {
   Impl() = default;
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
+
+  // The row-wise work a decode step (rows = batch) and a prefill chunk (rows = batch x n) share,
+  // enqueued on `st` (gemm: on the cuBLAS handle's stream, the model's). y[rows, out] = x[rows, in] W^T with W [out, in] row-major and x's rows ldx
+  // elements apart (column-major for cuBLAS: y^T = W x^T).
+  void gemm(const void* W, const void* x, float* y, std::int64_t out, std::int64_t in, int rows,
+            std::int64_t ldx) const;  // on the cuBLAS handle's stream (the model's)
+  void embed(cudaStream_t st, const int* tok, int rows, const LlamaShape& s) const;  // x = tok_embd[tok]
+  void rmsnorm(cudaStream_t st, const float* w, int rows, const LlamaShape& s) const;  // xb = norm(x) * w
+  // After attention (att): x += att Wo^T, then the SwiGLU FFN block: x += down(silu(gate) * up).
+  void block_tail(cudaStream_t st, const Layer& L, int rows, const LlamaShape& s) const;
   ~Impl() {  // also when the constructor throws halfway: whatever was created is released
     if (graph) cudaGraphExecDestroy(graph);
     for (auto& L : layers) {
@@ -461,6 +471,54 @@ static std::int64_t norm_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
   if (o.pq_v_token_norm) layer += 2 * sh * o.capacity + 4 * sh * hd;
   if (o.pq_k_channel_group) layer += 2 * sh * ((o.capacity + g - 1) / g) * 2 * hd + 2 * 4 * sh * g * hd;
   return s.n_layers * layer + global;
+}
+
+void GpuLlama::Impl::gemm(const void* W, const void* x, float* y, std::int64_t out, std::int64_t in, int rows,
+                          std::int64_t ldx) const {
+  const float one = 1.0f, zero = 0.0f;
+  const cudaDataType_t wt = f32 ? CUDA_R_32F : CUDA_R_16BF;
+  check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), rows, static_cast<int>(in), &one, W, wt,
+                          static_cast<int>(in), x, wt, static_cast<int>(ldx), &zero, y, CUDA_R_32F, static_cast<int>(out),
+                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmEx");
+}
+
+void GpuLlama::Impl::embed(cudaStream_t st, const int* tok, int rows, const LlamaShape& s) const {
+  if (f32) {
+    embed_kernel<float><<<rows, 256, 0, st>>>(static_cast<const float*>(tok_embd), tok, x, s.hidden);
+  } else {
+    embed_kernel<bf16><<<rows, 256, 0, st>>>(static_cast<const bf16*>(tok_embd), tok, x, s.hidden);
+  }
+}
+
+void GpuLlama::Impl::rmsnorm(cudaStream_t st, const float* w, int rows, const LlamaShape& s) const {
+  if (f32) {
+    rmsnorm_kernel<float><<<rows, 256, 0, st>>>(x, w, static_cast<float*>(xb), s.hidden, s.norm_eps);
+  } else {
+    rmsnorm_kernel<bf16><<<rows, 256, 0, st>>>(x, w, static_cast<bf16*>(xb), s.hidden, s.norm_eps);
+  }
+}
+
+void GpuLlama::Impl::block_tail(cudaStream_t st, const Layer& L, int rows, const LlamaShape& s) const {
+  const Sizes z = sizes(s);
+  const std::int64_t nq = static_cast<std::int64_t>(rows) * z.q, nh = static_cast<std::int64_t>(rows) * s.hidden,
+                     nf = static_cast<std::int64_t>(rows) * s.ffn;
+  if (f32) {
+    to_act_kernel<float><<<grid_for(nq), 256, 0, st>>>(att, static_cast<float*>(xb), nq);
+  } else {
+    to_act_kernel<bf16><<<grid_for(nq), 256, 0, st>>>(att, static_cast<bf16*>(xb), nq);
+  }
+  gemm(L.wo, xb, tmp, s.hidden, z.q, rows, z.q);
+  add_kernel<<<grid_for(nh), 256, 0, st>>>(x, tmp, nh);
+  rmsnorm(st, L.ffn_norm, rows, s);
+  gemm(L.wgu, xb, gu, 2ll * s.ffn, s.hidden, rows, s.hidden);
+  if (f32) {
+    swiglu_kernel<float><<<grid_for(nf), 256, 0, st>>>(gu, static_cast<float*>(xb), s.ffn, rows);
+  } else {
+    swiglu_kernel<bf16><<<grid_for(nf), 256, 0, st>>>(gu, static_cast<bf16*>(xb), s.ffn, rows);
+  }
+  gemm(L.wdown, xb, tmp, s.hidden, s.ffn, rows, s.ffn);
+  add_kernel<<<grid_for(nh), 256, 0, st>>>(x, tmp, nh);
 }
 
 std::int64_t GpuLlama::weight_bytes(const LlamaShape& s, bool f32_weights) {
@@ -935,34 +993,14 @@ void GpuLlama::enqueue_step() {
                         stream_),
         "tokens");
   advance_kernel<<<1, 1, 0, stream_>>>(m.len);
-  const float one = 1.0f, zero = 0.0f;
-  // y[B, out] = x[B, in] W^T with W [out, in] row-major (column-major: y^T = W x^T).
-  const cudaDataType_t wt = m.f32 ? CUDA_R_32F : CUDA_R_16BF;
-  auto gemm = [&](const void* W, const void* x, float* y, std::int64_t out, std::int64_t in) {
-    check_blas(cublasGemmEx(m.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), B, static_cast<int>(in), &one, W,
-                            wt, static_cast<int>(in), x, wt, static_cast<int>(in), &zero, y, CUDA_R_32F,
-                            static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "cublasGemmEx");
-  };
-  auto rmsnorm = [&](const float* w) {
-    if (m.f32) {
-      rmsnorm_kernel<float><<<B, 256, 0, stream_>>>(m.x, w, static_cast<float*>(m.xb), s.hidden, s.norm_eps);
-    } else {
-      rmsnorm_kernel<bf16><<<B, 256, 0, stream_>>>(m.x, w, static_cast<bf16*>(m.xb), s.hidden, s.norm_eps);
-    }
-  };
-  if (m.f32) {
-    embed_kernel<float><<<B, 256, 0, stream_>>>(static_cast<const float*>(m.tok_embd), m.tokens, m.x, s.hidden);
-  } else {
-    embed_kernel<bf16><<<B, 256, 0, stream_>>>(static_cast<const bf16*>(m.tok_embd), m.tokens, m.x, s.hidden);
-  }
+  m.embed(stream_, m.tokens, B, s);
   // Host-side shape: the capacity (checks, splits); the kernels read the length from m.len.
   const DecodeShape ds{B, s.n_heads, s.n_kv_heads, s.head_dim, opt_.capacity, opt_.capacity};
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
   const int rot_threads = s.head_dim * std::min(16, 1024 / s.head_dim);  // rotate_split_kernel: head_dim x P
   for (const auto& L : m.layers) {
-    rmsnorm(L.attn_norm);
-    gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden);
+    m.rmsnorm(stream_, L.attn_norm, B, s);
+    m.gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden, B, s.hidden);
     rope_split_kernel<<<B, 256, 0, stream_>>>(m.qkv, m.inv_freq, m.len, 0, 1, m.q, m.k, m.v, s.n_heads,
                                               s.n_kv_heads, s.head_dim, s.rope_interleaved);
     if (opt_.cache == GpuCache::kF16) {
@@ -1075,25 +1113,10 @@ void GpuLlama::enqueue_step() {
         rotate_split_kernel<<<B * s.n_heads, rot_threads, 0, stream_>>>(m.att_r, m.att, L.rot_v, G, s.n_kv_heads, s.head_dim);
       }
     }
-    if (m.f32) {
-      to_act_kernel<float><<<grid_for(B * z.q), 256, 0, stream_>>>(m.att, static_cast<float*>(m.xb), B * z.q);
-    } else {
-      to_act_kernel<bf16><<<grid_for(B * z.q), 256, 0, stream_>>>(m.att, static_cast<bf16*>(m.xb), B * z.q);
-    }
-    gemm(L.wo, m.xb, m.tmp, s.hidden, z.q);
-    add_kernel<<<grid_for(static_cast<std::int64_t>(B) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(B) * s.hidden);
-    rmsnorm(L.ffn_norm);
-    gemm(L.wgu, m.xb, m.gu, 2ll * s.ffn, s.hidden);
-    if (m.f32) {
-      swiglu_kernel<float><<<grid_for(static_cast<std::int64_t>(B) * s.ffn), 256, 0, stream_>>>(m.gu, static_cast<float*>(m.xb), s.ffn, B);
-    } else {
-      swiglu_kernel<bf16><<<grid_for(static_cast<std::int64_t>(B) * s.ffn), 256, 0, stream_>>>(m.gu, static_cast<bf16*>(m.xb), s.ffn, B);
-    }
-    gemm(L.wdown, m.xb, m.tmp, s.hidden, s.ffn);
-    add_kernel<<<grid_for(static_cast<std::int64_t>(B) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(B) * s.hidden);
+    m.block_tail(stream_, L, B, s);
   }
-  rmsnorm(m.final_norm);
-  gemm(m.lm_head, m.xb, m.logits, s.vocab, s.hidden);
+  m.rmsnorm(stream_, m.final_norm, B, s);
+  m.gemm(m.lm_head, m.xb, m.logits, s.vocab, s.hidden, B, s.hidden);
   if (m.side) {  // join the encoder's stream: this step's codes are written when the step ends
     check(cudaEventRecord(m.joined, m.side), "cudaEventRecord");
     check(cudaStreamWaitEvent(stream_, m.joined, 0), "cudaStreamWaitEvent");
@@ -1138,28 +1161,8 @@ void GpuLlama::enqueue_prefill(int T) {
   Impl& m = *impl_;
   const int B = opt_.batch, R = B * T, Hkv = s.n_kv_heads, hd = s.head_dim, G = s.n_heads / Hkv;
   const std::int64_t p0 = pos_;
-  const float one = 1.0f, zero = 0.0f;
-  const cudaDataType_t wt = m.f32 ? CUDA_R_32F : CUDA_R_16BF;
   const int es = m.f32 ? 4 : 2;
-  // y[rows, out] = x[rows, in] W^T, x rows `ldx` elements apart.
-  auto gemm = [&](const void* W, const void* x, float* y, std::int64_t out, std::int64_t in, int rows, std::int64_t ldx) {
-    check_blas(cublasGemmEx(m.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), rows, static_cast<int>(in), &one, W,
-                            wt, static_cast<int>(in), x, wt, static_cast<int>(ldx), &zero, y, CUDA_R_32F,
-                            static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "cublasGemmEx");
-  };
-  auto rmsnorm = [&](const float* w) {
-    if (m.f32) {
-      rmsnorm_kernel<float><<<R, 256, 0, stream_>>>(m.x, w, static_cast<float*>(m.xb), s.hidden, s.norm_eps);
-    } else {
-      rmsnorm_kernel<bf16><<<R, 256, 0, stream_>>>(m.x, w, static_cast<bf16*>(m.xb), s.hidden, s.norm_eps);
-    }
-  };
-  if (m.f32) {
-    embed_kernel<float><<<R, 256, 0, stream_>>>(static_cast<const float*>(m.tok_embd), m.pf_tokens, m.x, s.hidden);
-  } else {
-    embed_kernel<bf16><<<R, 256, 0, stream_>>>(static_cast<const bf16*>(m.tok_embd), m.pf_tokens, m.x, s.hidden);
-  }
+  m.embed(stream_, m.pf_tokens, R, s);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const bool pq = opt_.cache == GpuCache::kPQ, win = pq && opt_.pq_window > 0;
   const int S = opt_.pq_sinks, W = opt_.pq_window;
@@ -1167,8 +1170,8 @@ void GpuLlama::enqueue_prefill(int T) {
   const int j0 = static_cast<int>(std::clamp<std::int64_t>(S - p0, 0, T)), nc = T - j0;
   const std::int64_t c0 = p0 + j0 - S;
   for (const auto& L : m.layers) {
-    rmsnorm(L.attn_norm);
-    gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden, R, s.hidden);
+    m.rmsnorm(stream_, L.attn_norm, R, s);
+    m.gemm(L.wqkv, m.xb, m.qkv, z.q + 2 * z.kv, s.hidden, R, s.hidden);
     rope_split_kernel<<<R, 256, 0, stream_>>>(m.qkv, m.inv_freq, nullptr, p0, T, m.q, m.k, m.v, s.n_heads, Hkv, hd,
                                               s.rope_interleaved);
     PrefillAttentionArgs a;
@@ -1292,29 +1295,14 @@ void GpuLlama::enqueue_prefill(int T) {
       }
       if (opt_.pq_rotate) rotate_kernel<<<R * s.n_heads, hd, 0, stream_>>>(m.pf_att, m.att, L.rot_v, G, Hkv, hd);
     }
-    if (m.f32) {
-      to_act_kernel<float><<<grid_for(static_cast<std::int64_t>(R) * z.q), 256, 0, stream_>>>(m.att, static_cast<float*>(m.xb), static_cast<std::int64_t>(R) * z.q);
-    } else {
-      to_act_kernel<bf16><<<grid_for(static_cast<std::int64_t>(R) * z.q), 256, 0, stream_>>>(m.att, static_cast<bf16*>(m.xb), static_cast<std::int64_t>(R) * z.q);
-    }
-    gemm(L.wo, m.xb, m.tmp, s.hidden, z.q, R, z.q);
-    add_kernel<<<grid_for(static_cast<std::int64_t>(R) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(R) * s.hidden);
-    rmsnorm(L.ffn_norm);
-    gemm(L.wgu, m.xb, m.gu, 2ll * s.ffn, s.hidden, R, s.hidden);
-    if (m.f32) {
-      swiglu_kernel<float><<<grid_for(static_cast<std::int64_t>(R) * s.ffn), 256, 0, stream_>>>(m.gu, static_cast<float*>(m.xb), s.ffn, R);
-    } else {
-      swiglu_kernel<bf16><<<grid_for(static_cast<std::int64_t>(R) * s.ffn), 256, 0, stream_>>>(m.gu, static_cast<bf16*>(m.xb), s.ffn, R);
-    }
-    gemm(L.wdown, m.xb, m.tmp, s.hidden, s.ffn, R, s.ffn);
-    add_kernel<<<grid_for(static_cast<std::int64_t>(R) * s.hidden), 256, 0, stream_>>>(m.x, m.tmp, static_cast<std::int64_t>(R) * s.hidden);
+    m.block_tail(stream_, L, R, s);
   }
-  rmsnorm(m.final_norm);
+  m.rmsnorm(stream_, m.final_norm, R, s);
   if (opt_.prefill_all_logits) {
-    gemm(m.lm_head, m.xb, m.logits, s.vocab, s.hidden, R, s.hidden);
+    m.gemm(m.lm_head, m.xb, m.logits, s.vocab, s.hidden, R, s.hidden);
   } else {  // each sequence's last row: rows T - 1, 2T - 1, ... of xb
-    gemm(m.lm_head, static_cast<unsigned char*>(m.xb) + static_cast<std::size_t>(es) * (T - 1) * s.hidden, m.logits,
-         s.vocab, s.hidden, B, static_cast<std::int64_t>(T) * s.hidden);
+    m.gemm(m.lm_head, static_cast<unsigned char*>(m.xb) + static_cast<std::size_t>(es) * (T - 1) * s.hidden,
+           m.logits, s.vocab, s.hidden, B, static_cast<std::int64_t>(T) * s.hidden);
   }
   set_len_kernel<<<1, 1, 0, stream_>>>(m.len, p0 + T);
   check(cudaGetLastError(), "prefill");
