@@ -200,6 +200,13 @@ struct Reference {
       const auto back = rotated(l, kh, of.data(), true, true);
       for (int i = 0; i < hd; ++i) att[static_cast<std::size_t>(h * hd + i)] = bf(back[static_cast<std::size_t>(i)]);
     }
+    block_tail(L, att, x);
+  }
+
+  // After attention (att, bf16-rounded): x += Wo att, then the SwiGLU FFN block, as the GPU
+  // rounds (bf16 GEMM inputs, f32 outputs).
+  void block_tail(const LlamaHostWeights::Layer& L, const std::vector<float>& att, std::vector<double>& x) const {
+    const int qd = s.n_heads * s.head_dim;
     const auto ao = matvec(L.wo, att, s.hidden, qd);
     for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] += static_cast<float>(ao[static_cast<std::size_t>(i)]);
     const auto xb2 = norm(x, L.ffn_norm);
@@ -316,17 +323,7 @@ struct Reference {
           att[static_cast<std::size_t>(h * hd + i)] = bf(static_cast<float>(o / den));
         }
       }
-      const auto o = matvec(L.wo, att, s.hidden, qd);
-      for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] += static_cast<float>(o[static_cast<std::size_t>(i)]);
-      const auto xb2 = norm(x, L.ffn_norm);
-      const auto g = matvec(L.w_gate, xb2, s.ffn, s.hidden), u = matvec(L.w_up, xb2, s.ffn, s.hidden);
-      std::vector<float> hb(static_cast<std::size_t>(s.ffn));
-      for (int i = 0; i < s.ffn; ++i) {
-        const double gi = static_cast<float>(g[static_cast<std::size_t>(i)]);
-        hb[static_cast<std::size_t>(i)] = bf(static_cast<float>(gi / (1 + std::exp(-gi)) * static_cast<float>(u[static_cast<std::size_t>(i)])));
-      }
-      const auto d = matvec(L.w_down, hb, s.hidden, s.ffn);
-      for (int i = 0; i < s.hidden; ++i) x[static_cast<std::size_t>(i)] += static_cast<float>(d[static_cast<std::size_t>(i)]);
+      block_tail(L, att, x);
     }
     return matvec(w.lm_head, norm(x, w.final_norm), s.vocab, s.hidden);
   }
