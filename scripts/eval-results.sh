@@ -14,8 +14,9 @@
 #   gutenberg-wiki   gutenberg-23m, WikiText-2 test, ctx 1024
 #   smollm2-wiki     SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh), WikiText-2 test, ctx 1024
 #   smollm2-books    SmolLM2-135M-Instruct, the held-out books, ctx 1024
-# pq-norm rows run the pq cache as users get it: with a normalised codebook it keeps the first 4
-# positions exact (sinks=4, its default); the -sinks0 rows are the same codebooks with sinks=0.
+# pq-norm and pq-qpca rows run the pq cache as users get it: with a normalised codebook it keeps
+# the first 4 positions exact (sinks=4, its default); the -sinks0 rows are the same codebooks
+# with sinks=0.
 # Environment: WINDOWS_4096 (default 8), WINDOWS_GUT1024 (gutenberg-1024, default 16),
 #   WINDOWS_WIKI (gutenberg-wiki, default 8), WINDOWS_SMOL (SmolLM2 sections, default 4),
 #   PREFILL (64), SMOL_ONLY / GUT_WIKI_ONLY / GUT1024_ONLY / GUT4096_ONLY (run only these row labels
@@ -28,7 +29,7 @@ SHARED=${MILLION_SHARED_DIR:-../shared}
 SECTIONS=${SECTIONS:-"gutenberg-4096 gutenberg-1024 gutenberg-wiki smollm2-wiki smollm2-books"}
 # KIVI's value groups of 128 channels do not fit SmolLM2's head_dim 64: its g128 rows are left out.
 SMOL_ONLY=${SMOL_ONLY:-"f16 q8_0 q4_0 q4_0-hadamard kivi-4-g32 kivi-2-g32 pq-norm-4bit pq-norm-4bit-sinks0 pq-norm-2bit
-  pq-norm-2bit-sinks0"}
+  pq-norm-2bit-sinks0 pq-qpca-4bit pq-qpca-4bit-sinks0 pq-qpca-2bit pq-qpca-2bit-sinks0"}
 SMOL_ONLY=$(echo $SMOL_ONLY)
 PREFILL=${PREFILL:-64}
 WORK=${WORK:-/tmp/million-eval}
@@ -55,6 +56,10 @@ calib() {  # model, out name, calibrate options...
 # the cache keeps 4 exact sinks by default with such a codebook, -sinks0 turns them off.
 # M4 / M2: subspaces for 4 / 2 bits per element with 8-bit codes (head_dim / 2, head_dim / 4).
 NORM="--granularity layer-head --rotation hadamard --k-norm channel-group --v-norm token"
+# pq-qpca: as pq-norm, but keys go through the query-aware learned transform (pq/query_pca.h)
+# instead of the Hadamard rotation, with per-channel scales after their channel-group
+# normalisation; values as pq-norm.
+QPCA="--granularity layer-head --rotation qpca --k-norm channel-group --v-norm token"
 PQ_VARIANTS=(
   "pq-paper-4bit|--granularity shared --rotation none --k-norm none --v-norm none --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq-paper"
   "pq-paper-2bit|--granularity shared --rotation none --k-norm none --v-norm none --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq-paper"
@@ -64,6 +69,10 @@ PQ_VARIANTS=(
   "pq-norm-4bit-sinks0|$NORM --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq:sinks=0|pq-norm-4bit"
   "pq-norm-2bit|$NORM --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq"
   "pq-norm-2bit-sinks0|$NORM --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq:sinks=0|pq-norm-2bit"
+  "pq-qpca-4bit|$QPCA --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq"
+  "pq-qpca-4bit-sinks0|$QPCA --k pq:M=M4,nbits=8 --v pq:M=M4,nbits=8|pq:sinks=0|pq-qpca-4bit"
+  "pq-qpca-2bit|$QPCA --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq"
+  "pq-qpca-2bit-sinks0|$QPCA --k pq:M=M2,nbits=8 --v pq:M=M2,nbits=8|pq:sinks=0|pq-qpca-2bit"
 )
 BASELINES=(q8_0 q4_0 q4_0-hadamard kivi-4:group=32 kivi-4:group=128 kivi-2:group=32 kivi-2:group=128)
 # A section may run a subset (ONLY: space-separated labels; empty = all).

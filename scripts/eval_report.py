@@ -43,7 +43,7 @@ def has_sinks(label):
     with a normalised codebook) unless -sinks0, and baselines run with sinks=4 (-sinks4)."""
     if label.endswith("-sinks4"):
         return True
-    return label.startswith("pq-norm") and not label.endswith("-sinks0")
+    return label.startswith(("pq-norm", "pq-qpca")) and not label.endswith("-sinks0")
 
 
 def load(sec):

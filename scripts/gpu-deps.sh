@@ -21,14 +21,16 @@ if [ -f "$GUT/eval-tokens/heldout_eval.bin" ] && [ ! -f device-carry/gutenberg-2
 fi
 # Its codebooks from an evaluation run's work folder (scripts/eval-results.sh calibrates them
 # with `million calibrate` on ../shared/text/calib): pq-norm 4-bit for the GPU's real-model PQ
-# test (or CODEBOOK=file), pq-norm 2-bit and pq-paper 4/2-bit for scripts/gpu-quality.sh.
+# test (or CODEBOOK=file), and CODEBOOKS (default pq-qpca-2bit pq-paper-4bit pq-paper-2bit) for
+# scripts/gpu-quality.sh. The carry to a GPU machine holds 64 MiB: the model (45 MiB), the
+# pq-norm 4-bit book (6 MiB) and one qpca book (7 MiB) fit, a second one does not.
 WORKDIR=${WORK:-/tmp/million-eval}
 CB=${CODEBOOK:-$WORKDIR/gutenberg-23m-pq-norm-4bit.cb}
 if [ -f "$CB" ] && [ ! -f device-carry/gutenberg-23m-pq-norm-4bit.cb ]; then
   mkdir -p device-carry && cp "$CB" device-carry/gutenberg-23m-pq-norm-4bit.cb
   echo "gpu-deps: $CB in device-carry/"
 fi
-for v in pq-norm-2bit pq-paper-4bit pq-paper-2bit; do
+for v in ${CODEBOOKS:-pq-qpca-2bit pq-paper-4bit pq-paper-2bit}; do
   if [ -f "$WORKDIR/gutenberg-23m-$v.cb" ] && [ ! -f "device-carry/gutenberg-23m-$v.cb" ]; then
     mkdir -p device-carry && cp "$WORKDIR/gutenberg-23m-$v.cb" device-carry/
     echo "gpu-deps: gutenberg-23m-$v.cb in device-carry/"

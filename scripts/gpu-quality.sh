@@ -3,7 +3,7 @@
 # PQ caches on gutenberg-23m's held-out books (EVALUATION.md: ctx 4096, the first 8 windows as
 # docs/results.md's CPU table — WINDOWS=0 for all 48 —, the first 64 tokens prefilled, then
 # chunks of 64), each against the GPU's fp16 cache on the same tokens, with
-# `million-gpu perplexity`. Default mode (window 128; pq-norm keeps 4 sinks) for every codebook,
+# `million-gpu perplexity`. Default mode (window 128; pq-norm and pq-qpca keep 4 sinks) for every codebook,
 # stress mode (window 0) for pq-paper (the normalised variant needs a window on the GPU).
 # Needs device-carry/ from scripts/gpu-deps.sh (model, heldout_eval.bin, codebooks); rows whose
 # codebook is absent are skipped. Writes a markdown table to $OUT/quality-gpu.md (or ./gpu-out).
@@ -39,6 +39,8 @@ PY
 }
 row default pq-norm-4bit 128
 row default pq-norm-2bit 128
+row default pq-qpca-4bit 128
+row default pq-qpca-2bit 128
 row default pq-paper-4bit 128
 row default pq-paper-2bit 128
 row stress pq-paper-4bit 0

@@ -15,7 +15,7 @@
 namespace million {
 
 struct CalibrateProgress {
-  const char* stage;      ///< "capture" or "train"
+  const char* stage;      ///< "moments" (qpca's first pass), "capture" or "train"
   std::int64_t done = 0;  ///< tokens (capture) or codebooks (train) finished
   std::int64_t total = 0;
   double elapsed_s = 0.0;

@@ -37,6 +37,16 @@ KVCapture::KVCapture(const KVCacheShape& shape, const CaptureOptions& options)
     train_.emplace_back(shape.head_dim, opt_.train_samples, opt_.seed * 7919 + i);
     heldout_.emplace_back(shape.head_dim, opt_.heldout_samples, opt_.seed * 7919 + i + n);
   }
+  if (opt_.moments) {
+    moments_.assign(static_cast<std::size_t>(shape.n_layers) * static_cast<std::size_t>(shape.n_kv_heads),
+                    KeyQueryMoments(shape.head_dim));
+  }
+}
+
+const KeyQueryMoments& KVCapture::moments(int layer, int kv_head) const {
+  if (!opt_.moments) throw InvalidArgumentError("capture: moments were not requested");
+  return moments_.at(static_cast<std::size_t>(layer) * static_cast<std::size_t>(shape_.n_kv_heads) +
+                     static_cast<std::size_t>(kv_head));
 }
 
 void KVCapture::attach(Model& model) {
@@ -100,6 +110,14 @@ void KVCapture::sample_transformed(int layer, std::int64_t pos0, int n, const fl
 
 void KVCapture::append(int layer, std::int64_t pos0, int n, const float* k, const float* v) {
   inner_->append(layer, pos0, n, k, v);
+  if (opt_.moments) {
+    const int H = shape_.n_kv_heads, d = shape_.head_dim;
+    for (int t = 0; t < n; ++t) {
+      for (int h = 0; h < H; ++h) {
+        moments_[static_cast<std::size_t>(layer * H + h)].add_key(k + (static_cast<std::int64_t>(t) * H + h) * d);
+      }
+    }
+  }
   if (opt_.transform) {
     sample_transformed(layer, pos0, n, k, CaptureKind::kKey);
     sample_transformed(layer, pos0, n, v, CaptureKind::kValue);
@@ -120,6 +138,14 @@ void KVCapture::clear() {
 void KVCapture::attend(int layer, std::int64_t pos0, int n, const float* q, float* out) {
   inner_->set_simd_level(simd_level());
   inner_->attend(layer, pos0, n, q, out);
+  if (opt_.moments) {
+    const int Hq = shape_.n_heads, H = shape_.n_kv_heads, d = shape_.head_dim, G = Hq / H;
+    for (int t = 0; t < n; ++t) {
+      for (int j = 0; j < Hq; ++j) {  // query head j reads kv head j / G
+        moments_[static_cast<std::size_t>(layer * H + j / G)].add_query(q + (static_cast<std::int64_t>(t) * Hq + j) * d);
+      }
+    }
+  }
 }
 
 }  // namespace million

@@ -1,6 +1,7 @@
 // K/V capture for calibration: a KVCache that stores like the dense f32 cache and, as layers
 // append, reservoir-samples the post-RoPE keys and the values (and, through the model's key
-// observer, optionally the pre-RoPE keys) of every (layer, kv head) into bounded buffers.
+// observer, optionally the pre-RoPE keys) of every (layer, kv head) into bounded buffers, and
+// optionally sums key and query second moments per (layer, kv head).
 // Tokens are split by a hash of their global index into training and held-out samples, so the
 // errors calibrate reports are measured on vectors k-means never saw.
 #pragma once
@@ -13,6 +14,7 @@
 
 #include "model/kv/kv_cache.h"
 #include "model/model.h"
+#include "pq/query_pca.h"
 
 namespace million {
 
@@ -49,6 +51,10 @@ struct CaptureOptions {
   /// a partial block outside stress mode.
   std::function<void(int layer, int kv_head, CaptureKind kind, float* x, int n)> transform;
   int transform_block[2] = {1, 1};
+  /// Accumulate, per (layer, kv head), the second moments of the post-RoPE keys and of the
+  /// queries that read them (every token, training and held-out alike): what the qpca
+  /// transform (pq/query_pca.h) is built from.
+  bool moments = false;
 };
 
 class KVCapture final : public KVCache {
@@ -61,6 +67,8 @@ class KVCapture final : public KVCache {
   void set_token_base(std::int64_t base) { token_base_ = base; }
 
   const Reservoir& train(int layer, int kv_head, CaptureKind kind) const;
+  /// With options.moments: the sums of (layer, kv head) so far.
+  const KeyQueryMoments& moments(int layer, int kv_head) const;
   const Reservoir& heldout(int layer, int kv_head, CaptureKind kind) const;
 
   std::string name() const override { return "capture"; }
@@ -88,6 +96,7 @@ class KVCapture final : public KVCache {
   std::unique_ptr<KVCache> inner_;
   std::int64_t token_base_ = 0;
   std::vector<Reservoir> train_, heldout_;  // [layer][kv_head][kind], kinds K, V, K pre-RoPE
+  std::vector<KeyQueryMoments> moments_;    // [layer][kv_head] when options.moments
 };
 
 }  // namespace million

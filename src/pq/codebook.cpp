@@ -3,9 +3,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
 
 #include "million/error.h"
+#include "pq/rotation.h"
 
 namespace million {
 
@@ -73,15 +76,21 @@ const char* rotation_name(RotationKind r) {
     case RotationKind::kNone: return "none";
     case RotationKind::kHadamard: return "hadamard";
     case RotationKind::kOpq: return "opq";
+    case RotationKind::kQueryPca: return "qpca";
   }
   return "?";
+}
+
+RotationKind entry_rotation(RotationKind set_rotation, int kind) {
+  return set_rotation == RotationKind::kQueryPca && kind == 1 ? RotationKind::kHadamard : set_rotation;
 }
 
 RotationKind parse_rotation(const std::string& name) {
   if (name == "none") return RotationKind::kNone;
   if (name == "hadamard") return RotationKind::kHadamard;
   if (name == "opq") return RotationKind::kOpq;
-  throw InvalidArgumentError(fmt::format("unknown rotation '{}' (expected none, hadamard or opq)", name));
+  if (name == "qpca") return RotationKind::kQueryPca;
+  throw InvalidArgumentError(fmt::format("unknown rotation '{}' (expected none, hadamard, opq or qpca)", name));
 }
 
 void PQCodebook::validate(const std::string& source) const {
@@ -92,9 +101,59 @@ void PQCodebook::validate(const std::string& source) const {
   if (centroids.size() != want) fail(fmt::format("has {} centroid values, expected {}", centroids.size(), want));
   const std::size_t rot = rotation == RotationKind::kNone ? 0 : static_cast<std::size_t>(head_dim) * head_dim;
   if (rotation_matrix.size() != rot) fail(fmt::format("rotation matrix has {} values, expected {}", rotation_matrix.size(), rot));
+  const bool qpca = rotation == RotationKind::kQueryPca;
+  if (inverse_matrix.size() != (qpca ? rot : 0)) {
+    fail(fmt::format("inverse matrix has {} values, expected {}", inverse_matrix.size(), qpca ? rot : 0));
+  }
+  if (channel_scale.size() != (qpca ? static_cast<std::size_t>(head_dim) : 0)) {
+    fail(fmt::format("channel scale has {} values, expected {}", channel_scale.size(), qpca ? head_dim : 0));
+  }
+  if (qpca) {
+    if (norm != VectorNorm::kChannelGroup) fail("rotation qpca needs channel-group normalisation");
+    for (float s : channel_scale) {
+      if (!(s > 0.0f) || !std::isfinite(s)) fail(fmt::format("channel scale {} is not a positive number", s));
+    }
+    // T T^-1 = I (to float accuracy): a corrupt or mismatched pair would decode wrong keys.
+    const auto d = static_cast<std::size_t>(head_dim);
+    double worst = 0.0;
+    for (std::size_t i = 0; i < d; ++i) {
+      for (std::size_t j = 0; j < d; ++j) {
+        double acc = 0.0;
+        for (std::size_t k = 0; k < d; ++k) acc += static_cast<double>(rotation_matrix[i * d + k]) * inverse_matrix[k * d + j];
+        worst = std::max(worst, std::abs(acc - (i == j ? 1.0 : 0.0)));
+      }
+    }
+    if (!(worst < 1e-2)) fail(fmt::format("transform times its inverse is off the identity by {:.3g}", worst));
+  }
   if (norm == VectorNorm::kChannelGroup ? (norm_group < 64 || norm_group % 64 != 0) : norm_group != 0) {
     fail(fmt::format("normalisation {} with group {} (channel-group needs a positive multiple of 64 tokens, the "
                      "others 0)", vector_norm_name(norm), norm_group));
+  }
+}
+
+void PQCodebook::rotate(const float* x, std::int64_t n, float* y) const {
+  if (rotation == RotationKind::kNone) {
+    std::copy(x, x + n * head_dim, y);
+  } else {
+    rotate_vectors(rotation_matrix, head_dim, x, n, y);
+  }
+}
+
+void PQCodebook::rotate_queries(const float* q, std::int64_t n, float* y) const {
+  if (rotation == RotationKind::kQueryPca) {
+    unrotate_vectors(inverse_matrix, head_dim, q, n, y);  // (T^-1)^T q
+  } else {
+    rotate(q, n, y);
+  }
+}
+
+void PQCodebook::unrotate(const float* x, std::int64_t n, float* y) const {
+  if (rotation == RotationKind::kNone) {
+    std::copy(x, x + n * head_dim, y);
+  } else if (rotation == RotationKind::kQueryPca) {
+    rotate_vectors(inverse_matrix, head_dim, x, n, y);
+  } else {
+    unrotate_vectors(rotation_matrix, head_dim, x, n, y);
   }
 }
 
@@ -143,11 +202,12 @@ void CodebookSet::validate(const std::string& source) const {
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const PQCodebook& e = entries[i];
     const PQConfig& want = i % 2 == 0 ? k_config : v_config;
-    if (e.head_dim != model.head_dim || e.M != want.M || e.nbits != want.nbits || e.rotation != rotation) {
+    if (e.head_dim != model.head_dim || e.M != want.M || e.nbits != want.nbits ||
+        e.rotation != entry_rotation(rotation, static_cast<int>(i % 2))) {
       throw FormatError(fmt::format("{}: codebook {} (head_dim {}, M {}, nbits {}, rotation {}) disagrees with the "
                                     "file header (head_dim {}, {}, rotation {})",
                                     source, i, e.head_dim, e.M, e.nbits, rotation_name(e.rotation), model.head_dim,
-                                    want.str(), rotation_name(rotation)));
+                                    want.str(), rotation_name(entry_rotation(rotation, static_cast<int>(i % 2)))));
     }
     const VectorNorm want_norm = i % 2 == 0 ? k_norm : v_norm;
     const int want_group = want_norm == VectorNorm::kChannelGroup ? norm_group : 0;

@@ -41,9 +41,16 @@ enum class RotationKind {
   kNone,
   kHadamard,  ///< randomized Walsh-Hadamard: R = H diag(signs) / sqrt(d), seeded; d a power of two
   kOpq,       ///< learned by FAISS OPQMatrix
+  /// keys: the learned invertible transform of pq/query_pca.h (not orthogonal), with a
+  /// per-channel scale after channel-group normalisation; values: kHadamard. Needs k-norm
+  /// channel-group. Sets carry this kind; their value entries carry kHadamard.
+  kQueryPca,
 };
 const char* rotation_name(RotationKind r);
-RotationKind parse_rotation(const std::string& name);  ///< "none", "hadamard", "opq"
+RotationKind parse_rotation(const std::string& name);  ///< "none", "hadamard", "opq", "qpca"
+/// The rotation a set's entry of `kind` carries: the set's own, except kHadamard for the values
+/// of a kQueryPca set.
+RotationKind entry_rotation(RotationKind set_rotation, int kind /* 0 K, 1 V */);
 
 enum class KVKind { kKey = 0, kValue = 1 };
 
@@ -54,8 +61,14 @@ struct PQCodebook {
   int M = 0;
   int nbits = 0;
   RotationKind rotation = RotationKind::kNone;
-  /// [head_dim, head_dim] row-major orthogonal R, rotated = R x; empty when rotation is kNone.
+  /// [head_dim, head_dim] row-major R, rotated = R x; empty when rotation is kNone. Orthogonal
+  /// except for kQueryPca (the transform T).
   std::vector<float> rotation_matrix;
+  /// kQueryPca only (else empty): T^-1 [head_dim, head_dim], and the per-channel scale [head_dim]
+  /// the channel-group normalisation multiplies u by (u' = scale * (x - min) / range, stored
+  /// as range / scale, so decoders and kernels are unchanged).
+  std::vector<float> inverse_matrix;
+  std::vector<float> channel_scale;
   /// Normalisation between rotation and PQ (pq/normalize.h): the centroids live in the
   /// normalised space; channel-group normalises over groups of norm_group tokens (else 0).
   VectorNorm norm = VectorNorm::kNone;
@@ -66,6 +79,15 @@ struct PQCodebook {
 
   int dsub() const { return head_dim / M; }
   int ksub() const { return 1 << nbits; }
+  /// Into the codebook's space: y = R x (T x). n vectors [n, head_dim]; x and y must not overlap.
+  void rotate(const float* x, std::int64_t n, float* y) const;
+  /// Queries into the space where their dot products with rotated keys are the original ones:
+  /// R q, or T^-T q.
+  void rotate_queries(const float* q, std::int64_t n, float* y) const;
+  /// Back from the codebook's space: R^T x, or T^-1 x.
+  void unrotate(const float* x, std::int64_t n, float* y) const;
+  /// Per-channel scale of the channel-group normalisation, or null (all ones).
+  const float* norm_scale() const { return channel_scale.empty() ? nullptr : channel_scale.data(); }
   /// Throws FormatError if sizes disagree (centroids or rotation of the wrong length, ...).
   void validate(const std::string& source) const;
 };

@@ -90,6 +90,10 @@ void write_payload(Writer& w, const CodebookSet& set) {
     w.u8(static_cast<std::uint8_t>(e.rotation));
     w.u64(e.n_samples);
     if (e.rotation != RotationKind::kNone) w.f32s(e.rotation_matrix);
+    if (e.rotation == RotationKind::kQueryPca) {  // version 3
+      w.f32s(e.inverse_matrix);
+      w.f32s(e.channel_scale);
+    }
     w.f32s(e.centroids);
   }
 }
@@ -97,7 +101,7 @@ void write_payload(Writer& w, const CodebookSet& set) {
 // --- checks shared by save and load (FormatError, without the advice) -----------------------
 
 bool valid_granularity(std::uint32_t g) { return g <= static_cast<std::uint32_t>(Granularity::kLayerHead); }
-bool valid_rotation(std::uint32_t r) { return r <= static_cast<std::uint32_t>(RotationKind::kOpq); }
+bool valid_rotation(std::uint32_t r) { return r <= static_cast<std::uint32_t>(RotationKind::kQueryPca); }
 
 void check_range(std::int64_t value, std::int64_t lo, std::int64_t hi, const std::string& source,
                  std::string_view field) {
@@ -161,6 +165,8 @@ void check_set(const CodebookSet& set, const std::string& source) {
   set.validate(source);
   for (std::size_t i = 0; i < set.entries.size(); ++i) {
     check_finite(set.entries[i].rotation_matrix, source, i, "rotation matrix");
+    check_finite(set.entries[i].inverse_matrix, source, i, "inverse matrix");
+    check_finite(set.entries[i].channel_scale, source, i, "channel scale");
     check_finite(set.entries[i].centroids, source, i, "centroids");
   }
 }
@@ -234,8 +240,9 @@ CodebookSet parse_payload(const std::uint8_t* data, std::size_t size, const std:
   }
   set.granularity = static_cast<Granularity>(gran);
   const std::uint8_t rot = r.u8("rotation");
-  if (!valid_rotation(rot)) {
-    throw FormatError(fmt::format("{}: unknown rotation code {} (known: 0 none, 1 hadamard, 2 opq)", path, rot));
+  if (!valid_rotation(rot) || (version < 3 && rot == static_cast<std::uint8_t>(RotationKind::kQueryPca))) {
+    throw FormatError(fmt::format("{}: unknown rotation code {} (known: 0 none, 1 hadamard, 2 opq, 3 qpca from "
+                                  "version 3)", path, rot));
   }
   set.rotation = static_cast<RotationKind>(rot);
   set.seed = r.u64("seed");
@@ -290,18 +297,25 @@ CodebookSet parse_payload(const std::uint8_t* data, std::size_t size, const std:
     e.norm_group = e.norm == VectorNorm::kChannelGroup ? set.norm_group : 0;
     // Agree with the header before reading the arrays, so their sizes come from checked fields.
     const PQConfig& cfg = i % 2 == 0 ? set.k_config : set.v_config;
-    if (e.head_dim != m.head_dim || e.M != cfg.M || e.nbits != cfg.nbits || e.rotation != set.rotation) {
+    const RotationKind want_rot = entry_rotation(set.rotation, static_cast<int>(i % 2));
+    if (e.head_dim != m.head_dim || e.M != cfg.M || e.nbits != cfg.nbits || e.rotation != want_rot) {
       throw FormatError(fmt::format("{}: {} (head_dim {}, M {}, nbits {}, rotation {}) disagrees with the file header "
                                     "(head_dim {}, {}, rotation {})",
                                     path, field, e.head_dim, e.M, e.nbits, rotation_name(e.rotation), m.head_dim,
-                                    cfg.str(), rotation_name(set.rotation)));
+                                    cfg.str(), rotation_name(want_rot)));
     }
     const auto hd = static_cast<std::size_t>(e.head_dim);
     if (e.rotation != RotationKind::kNone) e.rotation_matrix = r.f32s(hd * hd, field + " rotation matrix");
+    if (e.rotation == RotationKind::kQueryPca) {
+      e.inverse_matrix = r.f32s(hd * hd, field + " inverse matrix");
+      e.channel_scale = r.f32s(hd, field + " channel scale");
+    }
     e.centroids = r.f32s(static_cast<std::size_t>(e.M) * static_cast<std::size_t>(e.ksub()) *
                              static_cast<std::size_t>(e.dsub()),
                          field + " centroids");
     check_finite(e.rotation_matrix, path, i, "rotation matrix");
+    check_finite(e.inverse_matrix, path, i, "inverse matrix");
+    check_finite(e.channel_scale, path, i, "channel scale");
     check_finite(e.centroids, path, i, "centroids");
     set.entries.push_back(std::move(e));
   }

@@ -10,9 +10,10 @@
 namespace million {
 
 inline constexpr char kCodebookMagic[8] = {'M', 'L', 'N', 'P', 'Q', 'C', 'B', '\0'};
-/// Version 2 added the K/V normalisations (pq/normalize.h); version 1 files still load (no
-/// normalisation). Saving always writes the current version.
-inline constexpr std::uint32_t kCodebookVersion = 2;
+/// Version 2 added the K/V normalisations (pq/normalize.h), version 3 the qpca rotation (its
+/// entries carry T^-1 and a channel scale); older files still load. Saving always writes the
+/// current version.
+inline constexpr std::uint32_t kCodebookVersion = 3;
 
 /// Writes `set` to `path` atomically (temporary file + rename). Throws IoError on failure and
 /// InvalidArgumentError if the set is inconsistent.

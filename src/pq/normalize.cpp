@@ -42,7 +42,7 @@ namespace {
 float round_f16(float x) { return f16_to_f32(f32_to_f16(std::clamp(x, -65504.0f, 65504.0f))); }
 }  // namespace
 
-void channel_group_params(const float* x, int n, int d, float* mn, float* rg) {
+void channel_group_params(const float* x, int n, int d, float* mn, float* rg, const float* scale) {
   for (int c = 0; c < d; ++c) {
     float lo = n > 0 ? x[c] : 0.0f, hi = lo;
     for (int t = 1; t < n; ++t) {
@@ -50,10 +50,11 @@ void channel_group_params(const float* x, int n, int d, float* mn, float* rg) {
       hi = std::max(hi, x[static_cast<std::int64_t>(t) * d + c]);
     }
     const float m = round_f16(lo);
-    float r = round_f16(std::max(0.0f, hi - m));
-    // f16 rounding may leave m + r a little below hi: step r up once so the group's maximum
-    // maps to u <= 1 (u slightly outside [0, 1] is harmless, but this keeps it tidy).
-    if (m + r < hi && r < 65504.0f) r = f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(r) + 1));
+    const float s = scale != nullptr ? scale[c] : 1.0f;
+    float r = round_f16(std::max(0.0f, hi - m) / s);
+    // f16 rounding may leave m + r * s a little below hi: step r up once so the group's maximum
+    // maps to u <= s (u slightly outside [0, s] is harmless, but this keeps it tidy).
+    if (m + r * s < hi && r < 65504.0f) r = f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(r) + 1));
     mn[c] = m;
     rg[c] = r;
   }
@@ -91,9 +92,9 @@ void token_normalize(const float* x, int n, int d, const float* norms, float* u)
   }
 }
 
-void normalize_block(VectorNorm norm, float* u, int n, int d, float* params) {
+void normalize_block(VectorNorm norm, float* u, int n, int d, float* params, const float* channel_scale) {
   if (norm == VectorNorm::kChannelGroup) {
-    channel_group_params(u, n, d, params, params + d);
+    channel_group_params(u, n, d, params, params + d, channel_scale);
     channel_group_normalize(u, n, d, params, params + d, u);
   } else if (norm == VectorNorm::kToken) {
     for (int t = 0; t < n; ++t) params[t] = token_norm_f16(u + static_cast<std::ptrdiff_t>(t) * d, d);

@@ -52,6 +52,8 @@ struct Reference {
   int group = 0;
   int sinks = 0;  // the first `sinks` tokens exact for good; codes and groups count from the next one
   std::vector<std::vector<float>> rot, rot_v;                 // per layer [Hkv][hd][hd]: keys' (and queries'), values'
+  std::vector<std::vector<float>> rot_q;                      // qpca: queries' own (T^-T), per layer
+  std::vector<std::vector<float>> kscale;                     // qpca: per layer [Hkv][hd] channel scales
   std::vector<std::vector<std::vector<float>>> kr, vr;        // [layer][head]: [t][hd] rotated f32
   std::vector<std::vector<std::map<int, std::vector<float>>>> kdec, vdec;  // coded vectors, decoded
   bool normed() const { return rotate || kcg || vtn || sinks > 0; }
@@ -96,11 +98,13 @@ struct Reference {
     return out;
   }
 
-  // R x (or R^T x) for kv head h of layer l (double accumulation, rounded to f32 as the GPU keeps it).
-  std::vector<float> rotated(int l, int h, const float* x, bool transpose, bool values = false) const {
+  // R x (or R^T x) for kv head h of layer l (double accumulation, rounded to f32 as the GPU keeps it);
+  // which: 0 keys, 1 values, 2 queries (the keys' R unless rot_q is set).
+  std::vector<float> rotated(int l, int h, const float* x, bool transpose, int which = 0) const {
     const int hd = s.head_dim;
     if (!rotate) return std::vector<float>(x, x + hd);
-    const float* R = (values ? rot_v : rot)[static_cast<std::size_t>(l)].data() + static_cast<std::size_t>(h) * hd * hd;
+    const auto& mats = which == 1 ? rot_v : which == 2 && !rot_q.empty() ? rot_q : rot;
+    const float* R = mats[static_cast<std::size_t>(l)].data() + static_cast<std::size_t>(h) * hd * hd;
     std::vector<float> y(static_cast<std::size_t>(hd));
     for (int i = 0; i < hd; ++i) {
       double a = 0;
@@ -123,7 +127,8 @@ struct Reference {
     if (!kcg) return cache[t] = pq_roundtrip(cen, rows.data() + static_cast<std::size_t>(t) * hd);
     const int g0 = sinks + (t - sinks) / group * group;  // the whole group at once, as the GPU encodes it
     std::vector<float> mn(static_cast<std::size_t>(hd)), rg(mn.size()), u(static_cast<std::size_t>(group) * hd);
-    channel_group_params(rows.data() + static_cast<std::size_t>(g0) * hd, group, hd, mn.data(), rg.data());
+    const float* scale = kscale.empty() ? nullptr : kscale[static_cast<std::size_t>(l)].data() + static_cast<std::size_t>(h) * hd;
+    channel_group_params(rows.data() + static_cast<std::size_t>(g0) * hd, group, hd, mn.data(), rg.data(), scale);
     channel_group_normalize(rows.data() + static_cast<std::size_t>(g0) * hd, group, hd, mn.data(), rg.data(), u.data());
     for (int r = 0; r < group; ++r) {
       auto c = pq_roundtrip(cen, u.data() + static_cast<std::size_t>(r) * hd);
@@ -163,7 +168,7 @@ struct Reference {
         kf[static_cast<std::size_t>(i)] = static_cast<float>(k[static_cast<std::size_t>(h * hd + i)]);
         vf[static_cast<std::size_t>(i)] = static_cast<float>(v[static_cast<std::size_t>(h * hd + i)]);
       }
-      const auto kk = rotated(l, h, kf.data(), false), vv = rotated(l, h, vf.data(), false, true);
+      const auto kk = rotated(l, h, kf.data(), false), vv = rotated(l, h, vf.data(), false, 1);
       auto& K = kr[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
       auto& V = vr[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
       K.insert(K.end(), kk.begin(), kk.end());
@@ -176,7 +181,7 @@ struct Reference {
       const int kh = h / G;
       std::vector<float> qf(static_cast<std::size_t>(hd));
       for (int i = 0; i < hd; ++i) qf[static_cast<std::size_t>(i)] = static_cast<float>(q[static_cast<std::size_t>(h * hd + i)]);
-      const auto qq = rotated(l, kh, qf.data(), false);
+      const auto qq = rotated(l, kh, qf.data(), false, 2);
       std::vector<double> sc(static_cast<std::size_t>(pos + 1));
       double mx = -1e300;
       for (int t = 0; t <= pos; ++t) {
@@ -197,7 +202,7 @@ struct Reference {
       }
       std::vector<float> of(static_cast<std::size_t>(hd));
       for (int i = 0; i < hd; ++i) of[static_cast<std::size_t>(i)] = static_cast<float>(o[static_cast<std::size_t>(i)] / den);
-      const auto back = rotated(l, kh, of.data(), true, true);
+      const auto back = rotated(l, kh, of.data(), true, 1);
       for (int i = 0; i < hd; ++i) att[static_cast<std::size_t>(h * hd + i)] = bf(back[static_cast<std::size_t>(i)]);
     }
     block_tail(L, att, x);
@@ -387,6 +392,9 @@ struct NormOpts {
   bool rotate = false, kcg = false, vtn = false;
   int group = 64;
   int sinks = 0;
+  /// A qpca codebook's keys (pq/query_pca.h): a non-orthogonal T = D H (rows of a Hadamard matrix
+  /// scaled by 0.5..2) for the keys, T^-T for the queries, channel scales 0.5..2 (needs rotate, kcg).
+  bool qpca = false;
 };
 
 // chunks: the first tokens go through prefill() in chunks of these lengths (every position's
@@ -437,12 +445,40 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
           r.insert(r.end(), R.begin(), R.end());
           rv.insert(rv.end(), Rv.begin(), Rv.end());
         }
+        if (nopt.qpca) {  // T = D R, Q = T^-T = D^-1 R (R orthogonal)
+          std::uniform_real_distribution<float> sc(0.5f, 2.0f);
+          std::vector<float> q(r.size()), ks(static_cast<std::size_t>(sh.n_kv_heads) * sh.head_dim);
+          for (std::size_t row = 0; row < r.size() / static_cast<std::size_t>(sh.head_dim); ++row) {
+            const float d = sc(rng);
+            for (int j = 0; j < sh.head_dim; ++j) {
+              const std::size_t i = row * static_cast<std::size_t>(sh.head_dim) + static_cast<std::size_t>(j);
+              q[i] = r[i] / d;
+              r[i] *= d;
+            }
+          }
+          for (auto& x : ks) x = sc(rng);
+          // Centroids where a trained qpca codebook has them: coordinate c within [-scale_c, scale_c]
+          // (u' spans [0, scale_c]); the unscaled random ones would sit far from u' on channels
+          // with small scales, where float-level differences flip codes between distant centroids.
+          auto& cen = ref.cb.k.back();
+          const int dsub = sh.head_dim / M;
+          for (std::size_t i = 0; i < cen.size(); ++i) {
+            const std::size_t head = i / (static_cast<std::size_t>(M) * 256 * static_cast<std::size_t>(dsub));
+            const std::size_t m = i / (256 * static_cast<std::size_t>(dsub)) % static_cast<std::size_t>(M);
+            const std::size_t c = m * static_cast<std::size_t>(dsub) + i % static_cast<std::size_t>(dsub);
+            cen[i] *= 0.5f * ks[head * static_cast<std::size_t>(sh.head_dim) + c];
+          }
+          ref.cb.rotation_q.push_back(q);
+          ref.cb.k_scale.push_back(ks);
+        }
         ref.cb.rotation.push_back(r);
         ref.cb.rotation_v.push_back(rv);
       }
     }
     ref.rot = ref.cb.rotation;
     ref.rot_v = ref.cb.rotation_v;
+    ref.rot_q = ref.cb.rotation_q;
+    ref.kscale = ref.cb.k_scale;
     gpu.upload_codebooks(ref.cb);
   }
   // Every sequence of the batch gets its own tokens; the reference runs sequence 0 and the
@@ -499,7 +535,7 @@ void run_case(const LlamaShape& s, GpuCache cache, int M, bool interleaved, int 
   std::string chunk_list;
   for (int n : chunks) chunk_list += (chunk_list.empty() ? " prefill chunks " : ",") + std::to_string(n);
   std::printf("GpuLlama %s%s sinks %d window %d head_dim %d GQA %d batch %d rope %s %s%s: worst logit error %.3g of the logit scale\n",
-              cache == GpuCache::kPQ ? "pq" : "f16", nopt.rotate || nopt.kcg || nopt.vtn ? "-norm" : "", nopt.sinks, window,
+              cache == GpuCache::kPQ ? "pq" : "f16", nopt.qpca ? "-qpca" : nopt.rotate || nopt.kcg || nopt.vtn ? "-norm" : "", nopt.sinks, window,
               sh.head_dim, sh.n_heads / sh.n_kv_heads, batch,
               interleaved ? "interleaved" : "half", graph ? "graph" : "eager", chunk_list.c_str(), worst);
   EXPECT_THROW(gpu.step(toks[0]), InvalidArgumentError);  // the cache is full
@@ -547,6 +583,11 @@ TEST(GpuLlama, PQNormalisedMatchesReference) {
   run_case(tiny(64, 2, 1), GpuCache::kPQ, 32, true, 2, 32, /*graph=*/false, /*window=*/64, all, 150);
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 33, /*graph=*/true, /*window=*/64, {false, true, false, 64}, 140);
   run_case(tiny(128, 4, 2), GpuCache::kPQ, 64, false, 1, 34, /*graph=*/true, /*window=*/8, {true, false, true, 64}, 40);
+  // qpca codebooks: keys by a non-orthogonal T, queries by T^-T, channel scales; decode steps
+  // and prefill chunks that complete groups.
+  NormOpts qpca{true, true, true, 64, 4, true};
+  run_case(tiny(128, 4, 2), GpuCache::kPQ, 32, false, 1, 35, /*graph=*/true, /*window=*/64, qpca, 160);
+  run_case(tiny(64, 4, 2), GpuCache::kPQ, 16, false, 2, 36, /*graph=*/true, /*window=*/64, qpca, 160, {40, 70});
 }
 
 // Chunked prefill (prefill_attention + the chunk's writes / encodes) against the reference with

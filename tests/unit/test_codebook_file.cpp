@@ -26,6 +26,7 @@
 
 #include "common/test_paths.h"
 #include "million/error.h"
+#include "pq/rotation.h"
 
 // --- allocation tracking: the largest single operator new request while armed ----------------
 
@@ -379,10 +380,10 @@ TEST(CodebookFile, WrongMagicIsNotACodebookFile) {
 
 TEST(CodebookFile, WrongVersionNamesBothVersions) {
   std::string b = saved_bytes(make_set(Granularity::kShared, RotationKind::kNone, kTiny));
-  put_u32(b, 8, 3);
-  std::string msg = expect_rejected(b, {"version 3", "versions 1 to 2"});
+  put_u32(b, 8, 4);
+  std::string msg = expect_rejected(b, {"version 4", "versions 1 to 3"});
   put_u32(b, 8, 0);
-  msg = expect_rejected(b, {"version 0", "versions 1 to 2"});
+  msg = expect_rejected(b, {"version 0", "versions 1 to 3"});
   put_u32(b, 8, 0xffffffffu);
   expect_rejected(b, {"version 4294967295", "not supported"});
 }
@@ -431,6 +432,75 @@ TEST(CodebookFile, NormalisationsRoundTripAndAreValidated) {
   // A channel-group entry whose group is not a multiple of 64 cannot be saved.
   EXPECT_THROW(save_codebooks(with_norms(set, VectorNorm::kChannelGroup, VectorNorm::kNone, 96), path),
                InvalidArgumentError);
+}
+
+// A qpca set (version 3): K entries carry T, T^-1 and channel scales; V entries are Hadamard.
+CodebookSet qpca_set() {
+  CodebookSet set = with_norms(make_set(Granularity::kLayerHead, RotationKind::kNone, kShape8, 1, 2, 21),
+                               VectorNorm::kChannelGroup, VectorNorm::kToken, 64);
+  set.rotation = RotationKind::kQueryPca;
+  const int d = set.model.head_dim;
+  for (std::size_t i = 0; i < set.entries.size(); ++i) {
+    PQCodebook& e = set.entries[i];
+    e.rotation = entry_rotation(set.rotation, static_cast<int>(i % 2));
+    e.rotation_matrix = hadamard_rotation(d, i);
+    if (i % 2 == 0) {  // T = 2 H, T^-1 = H^T / 2
+      e.inverse_matrix.resize(e.rotation_matrix.size());
+      for (int r = 0; r < d; ++r) {
+        for (int c = 0; c < d; ++c) {
+          e.inverse_matrix[static_cast<std::size_t>(c * d + r)] = e.rotation_matrix[static_cast<std::size_t>(r * d + c)] * 0.5f;
+        }
+      }
+      for (float& x : e.rotation_matrix) x *= 2.0f;
+      e.channel_scale.assign(static_cast<std::size_t>(d), 1.5f);
+      e.channel_scale[1] = 0.25f;
+    }
+  }
+  return set;
+}
+
+TEST(CodebookFile, QueryPcaEntriesRoundTripAndAreValidated) {
+  const CodebookSet set = qpca_set();
+  set.validate("qpca set");
+  const std::string path = temp_dir() + "/qpca.mpq";
+  save_codebooks(set, path);
+  const CodebookSet back = load_codebooks(path);
+  expect_identical(back, set);
+  for (std::size_t i = 0; i < set.entries.size(); ++i) {
+    expect_same_bits(back.entries[i].inverse_matrix, set.entries[i].inverse_matrix, "inverse");
+    expect_same_bits(back.entries[i].channel_scale, set.entries[i].channel_scale, "scale");
+  }
+  std::remove(path.c_str());
+  const std::string b = saved_bytes(set);
+  const Offsets o(set.model.architecture.size());
+  EXPECT_EQ(b.at(o.rotation), 3);
+  EXPECT_EQ(b.at(o.entry0 + 12), 3);
+  // The inverse follows T; the scale follows the inverse (layout in docs/codebook-format.md).
+  const std::size_t inv = o.entry0 + 21 + 64 * 4, scale = inv + 64 * 4;
+  EXPECT_EQ(get_u32(b, inv + 4), std::bit_cast<std::uint32_t>(set.entries[0].inverse_matrix[1]));
+  EXPECT_EQ(get_u32(b, scale + 4), std::bit_cast<std::uint32_t>(0.25f));
+  {  // an inverse that is not T's (one entry changed): rejected before any key is decoded
+    std::string f = b;
+    put_u32(f, inv, std::bit_cast<std::uint32_t>(set.entries[0].inverse_matrix[0] + 0.5f));
+    fix_checksum(f);
+    expect_rejected(f, {"inverse", "identity"});
+  }
+  {  // a channel scale of zero
+    std::string f = b;
+    put_u32(f, scale, 0u);
+    fix_checksum(f);
+    expect_rejected(f, {"channel scale"});
+  }
+  {  // rotation 3 in a version-2 file
+    std::string f = b;
+    put_u32(f, 8, 2);
+    fix_checksum(f);
+    expect_rejected(f, {"unknown rotation code 3"});
+  }
+  // qpca without channel-group keys cannot be saved.
+  CodebookSet bad = set;
+  bad = with_norms(bad, VectorNorm::kToken, VectorNorm::kToken, 64);
+  EXPECT_THROW(save_codebooks(bad, path), InvalidArgumentError);
 }
 
 TEST(CodebookFile, Version1FilesLoadWithoutNormalisation) {

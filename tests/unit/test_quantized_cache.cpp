@@ -45,8 +45,26 @@ std::shared_ptr<CodebookSet> random_codebooks(int layers, int kv_heads, int head
       cb.head_dim = head_dim;
       cb.M = pc.M;
       cb.nbits = pc.nbits;
-      cb.rotation = rot;
-      if (rot == RotationKind::kHadamard) cb.rotation_matrix = hadamard_rotation(head_dim, seed + g);
+      cb.rotation = entry_rotation(rot, kind);
+      if (cb.rotation == RotationKind::kHadamard) cb.rotation_matrix = hadamard_rotation(head_dim, seed + g);
+      if (cb.rotation == RotationKind::kQueryPca) {
+        // An invertible, non-orthogonal T = D H (rows of a Hadamard matrix scaled by 0.5..2),
+        // T^-1 = H^T D^-1, and channel scales 0.5..2: what query_pca_transform's output looks like.
+        std::uniform_real_distribution<float> scale(0.5f, 2.0f);
+        const std::vector<float> H = hadamard_rotation(head_dim, seed + g);
+        const auto d = static_cast<std::size_t>(head_dim);
+        cb.rotation_matrix.resize(d * d);
+        cb.inverse_matrix.resize(d * d);
+        for (std::size_t i = 0; i < d; ++i) {
+          const float di = scale(rng);
+          for (std::size_t j = 0; j < d; ++j) {
+            cb.rotation_matrix[i * d + j] = di * H[i * d + j];
+            cb.inverse_matrix[j * d + i] = H[i * d + j] / di;
+          }
+        }
+        cb.channel_scale.resize(d);
+        for (auto& x : cb.channel_scale) x = scale(rng);
+      }
       cb.centroids.resize(static_cast<std::size_t>(pc.M) * pc.ksub() * cb.dsub());
       for (auto& c : cb.centroids) c = dist(rng);
       set->entries.push_back(std::move(cb));
@@ -168,6 +186,8 @@ std::vector<Case> sweep_cases() {
                  contexts[(k * 3) % 7], k % 5 == 2 ? RotationKind::kHadamard : RotationKind::kNone};
           // Normalisations (pq/normalize.h) rotate through the cases too.
           if (k % 4 == 1) c.k_norm = VectorNorm::kChannelGroup, c.v_norm = VectorNorm::kToken, c.group = 64;
+          // The qpca transform (non-orthogonal keys' matrix, channel scales) on two of those.
+          if (k % 4 == 1 && k % 3 == 0) c.rotation = RotationKind::kQueryPca;
           if (k % 4 == 3) c.k_norm = VectorNorm::kToken, c.v_norm = VectorNorm::kChannelGroup, c.group = 128;
           cases.push_back(c);
         }

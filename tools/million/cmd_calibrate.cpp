@@ -98,7 +98,7 @@ void run_calibrate(const CalibrateArgs& a, int verbosity) {
     const double eta = frac > 0 ? p.elapsed_s * (1.0 - frac) / frac : 0.0;
     std::fprintf(stderr, "%s%s: %lld / %lld %s (%.0f%%), %.1f s elapsed, ~%.0f s left   ", tty ? "\r" : "", p.stage,
                  static_cast<long long>(p.done), static_cast<long long>(p.total),
-                 std::string(p.stage) == "capture" ? "tokens" : "codebooks", 100.0 * frac, p.elapsed_s, eta);
+                 std::string(p.stage) == "train" ? "codebooks" : "tokens", 100.0 * frac, p.elapsed_s, eta);
     if (p.done >= p.total) std::fputc('\n', stderr);
   };
   CalibrateReport rep;
@@ -141,7 +141,9 @@ void register_calibrate(CLI::App& app, int& verbosity) {
   cmd->add_option("--v", args->v, "Value quantizer: pq:M=<subspaces>,nbits=<4..8>")->capture_default_str();
   cmd->add_option("--granularity", args->granularity, "Codebook sharing: shared, layer, layer-head")->capture_default_str();
   cmd->add_option("--rotation", args->rotation,
-                  "Rotation before PQ: none, hadamard, opq, auto (hadamard when head_dim is a power of two)")
+                  "Rotation before PQ: none, hadamard, opq, qpca (keys by a query-aware learned transform, values "
+                  "hadamard; needs --k-norm channel-group; a second pass over the text), auto (hadamard when "
+                  "head_dim is a power of two)")
       ->capture_default_str();
   cmd->add_option("--k-norm", args->k_norm,
                   "Key normalisation after the rotation: none, token (per-token norm, +16 bits per token), "

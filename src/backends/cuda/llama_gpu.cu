@@ -230,8 +230,11 @@ __global__ void kgroup_stage_rows_kernel(const float* k, float* gbuf, int group,
 // and u = (x - min) / range into uk [B * Hkv, group, hd] for the encoder. One block per
 // (sequence, kv head), a thread per channel.
 // (A prefill passes len null and the coded count that completes the group.)
+// kscale: [n_kv, hd] per-channel scales of a qpca codebook (the stored range is range / scale),
+// or null for ones.
 __global__ void kgroup_kernel(const float* gbuf, __half* params, float* uk, int group, std::int64_t n_groups,
-                              const std::int64_t* len, int sinks, std::int64_t coded_host, int hd) {
+                              const std::int64_t* len, int sinks, std::int64_t coded_host, int hd, const float* kscale,
+                              int n_kv) {
   const std::int64_t coded = len ? *len - sinks : coded_host;
   if (coded <= 0 || coded % group != 0) return;
   const std::int64_t sh = blockIdx.x, g = coded / group - 1;
@@ -240,8 +243,9 @@ __global__ void kgroup_kernel(const float* gbuf, __half* params, float* uk, int 
     float lo = x[0], hi = lo;
     for (int t = 1; t < group; ++t) lo = fminf(lo, x[t * hd]), hi = fmaxf(hi, x[t * hd]);
     const float m = round_f16(lo);
-    float r = round_f16(fmaxf(0.0f, hi - m));
-    if (m + r < hi && r < 65504.0f) r = __half2float(__ushort_as_half(static_cast<unsigned short>(__half_as_ushort(__float2half_rn(r)) + 1)));
+    const float sc = kscale ? kscale[(sh % n_kv) * hd + c] : 1.0f;
+    float r = round_f16(fmaxf(0.0f, hi - m) / sc);
+    if (m + r * sc < hi && r < 65504.0f) r = __half2float(__ushort_as_half(static_cast<unsigned short>(__half_as_ushort(__float2half_rn(r)) + 1)));
     params[((sh * n_groups + g) * 2 + 0) * hd + c] = __float2half_rn(m);
     params[((sh * n_groups + g) * 2 + 1) * hd + c] = __float2half_rn(r);
     for (int t = 0; t < group; ++t) uk[(sh * group + t) * hd + c] = r > 0.0f ? (x[t * hd] - m) / r : 0.0f;
@@ -353,12 +357,14 @@ struct GpuLlama::Impl {
     __half *cbk16, *cbv16;          // PQ codebooks for attention
     float *cbk32, *cbv32;           // and for the encoder
     __half *ring_k, *ring_v;        // PQ window: [B * n_kv, window, head_dim] fp16 (rotated when pq_rotate)
-    float* rot = nullptr;           // pq_rotate: keys' R [n_kv, head_dim, head_dim]
-    float* rot_t = nullptr;         // pq_rotate: keys' R^T, same layout (rotates q, k: y = R x)
+    float* rot_q_t = nullptr;       // pq_rotate: queries' Q^T [n_kv, head_dim, head_dim] (rotates q: y = Q q;
+                                    // Q = the keys' R, or T^-T for a qpca codebook)
+    float* rot_t = nullptr;         // pq_rotate: keys' R^T, same layout (rotates k: y = R x)
     float* rot_v = nullptr;         // pq_rotate: values' R (rotates the output back: y = R^T x)
     float* rot_v_t = nullptr;       // pq_rotate: values' R^T (rotates v)
     __half* vnorm = nullptr;        // pq_v_token_norm: [B * n_kv, capacity] f16
     __half* kgp = nullptr;          // pq_k_channel_group: [B * n_kv, n_groups, 2, head_dim] f16 (min, range)
+    float* kscale = nullptr;        // pq_k_channel_group: [n_kv, head_dim] channel scales (ones but for qpca)
     float* gbuf = nullptr;          // pq_k_channel_group: the current group's keys [B * n_kv, group, head_dim]
     float* uk = nullptr;            // pq_k_channel_group: normalised group [B * n_kv, group, head_dim]
     float* uv = nullptr;            // pq_v_token_norm: normalised value [B * n_kv, head_dim]
@@ -459,7 +465,7 @@ static std::int64_t history_bytes(const LlamaShape& s, const GpuLlamaOptions& o)
   return 2ll * o.batch * s.n_kv_heads * o.capacity * s.head_dim * 2;
 }
 
-// The normalised variant's buffers (Impl::Layer's rot .. uv, Impl's qr / att_r), all layers.
+// The normalised variant's buffers (Impl::Layer's rot_q_t .. uv, Impl's qr / att_r), all layers.
 static std::int64_t norm_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
   if (o.cache != GpuCache::kPQ) return 0;
   const std::int64_t sh = static_cast<std::int64_t>(o.batch) * s.n_kv_heads, hd = s.head_dim, g = o.pq_norm_group;
@@ -469,7 +475,9 @@ static std::int64_t norm_bytes(const LlamaShape& s, const GpuLlamaOptions& o) {
     global += 2ll * 4 * o.batch * s.n_heads * hd;
   }
   if (o.pq_v_token_norm) layer += 2 * sh * o.capacity + 4 * sh * hd;
-  if (o.pq_k_channel_group) layer += 2 * sh * ((o.capacity + g - 1) / g) * 2 * hd + 2 * 4 * sh * g * hd;
+  if (o.pq_k_channel_group) {
+    layer += 2 * sh * ((o.capacity + g - 1) / g) * 2 * hd + 2 * 4 * sh * g * hd + 4ll * s.n_kv_heads * hd;
+  }
   return s.n_layers * layer + global;
 }
 
@@ -669,7 +677,7 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
       }
       for (auto& L : m.layers) {
         if (opt_.pq_rotate) {
-          L.rot = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
+          L.rot_q_t = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
           L.rot_t = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
           L.rot_v = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
           L.rot_v_t = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd * hd));
@@ -680,6 +688,7 @@ GpuLlama::GpuLlama(const LlamaShape& shape, const GpuLlamaOptions& options) : sh
         }
         if (opt_.pq_k_channel_group) {
           L.kgp = static_cast<__half*>(takeb(2 * shn * n_groups * 2 * hd));
+          L.kscale = static_cast<float*>(takeb(4ll * s.n_kv_heads * hd));
           L.gbuf = static_cast<float*>(takeb(4 * shn * g * hd));
           L.uk = static_cast<float*>(takeb(4 * shn * g * hd));
         }
@@ -834,9 +843,10 @@ void GpuLlama::init_random(std::uint64_t seed) {
       fill_random_kernel<float><<<grid_for(e), 256, 0, stream_>>>(L.cbv32, e, seed++, 1.0f);
       f32_to_f16_kernel<<<grid_for(e), 256, 0, stream_>>>(L.cbk32, L.cbk16, e);
       f32_to_f16_kernel<<<grid_for(e), 256, 0, stream_>>>(L.cbv32, L.cbv16, e);
-      if (L.rot) {  // a valid rotation
-        for (float* r : {L.rot, L.rot_t, L.rot_v, L.rot_v_t}) identity_kernel<<<grid_for(e), 256, 0, stream_>>>(r, s.n_kv_heads, s.head_dim);
+      if (L.rot_q_t) {  // a valid rotation
+        for (float* r : {L.rot_q_t, L.rot_t, L.rot_v, L.rot_v_t}) identity_kernel<<<grid_for(e), 256, 0, stream_>>>(r, s.n_kv_heads, s.head_dim);
       }
+      if (L.kscale) fill_const_kernel<<<1, 256, 0, stream_>>>(L.kscale, static_cast<std::int64_t>(s.n_kv_heads) * s.head_dim, 1.0f);
     }
   }
   check(cudaGetLastError(), "random weights");
@@ -872,7 +882,7 @@ void GpuLlama::upload_codebooks(const LlamaHostCodebooks& cb) {
         throw InvalidArgumentError("GpuLlama::upload_codebooks: rotation_v needs one [n_kv_heads, head_dim, head_dim] per layer");
       }
       const int hd = shape_.head_dim;
-      auto upload = [&](const std::vector<float>& R, float* r, float* rt) {
+      auto upload = [&](const std::vector<float>& R, float* r, float* rt) {  // R to r (if any), R^T to rt
         std::vector<float> Rt(R.size());
         for (int h = 0; h < shape_.n_kv_heads; ++h) {
           for (int i = 0; i < hd; ++i) {
@@ -881,11 +891,29 @@ void GpuLlama::upload_codebooks(const LlamaHostCodebooks& cb) {
             }
           }
         }
-        check(cudaMemcpy(r, R.data(), want * 4, cudaMemcpyHostToDevice), "rotations");
+        if (r) check(cudaMemcpy(r, R.data(), want * 4, cudaMemcpyHostToDevice), "rotations");
         check(cudaMemcpy(rt, Rt.data(), want * 4, cudaMemcpyHostToDevice), "rotations");
       };
-      upload(cb.rotation[static_cast<std::size_t>(l)], L.rot, L.rot_t);
+      const bool own_q = !cb.rotation_q.empty();
+      if (own_q && (cb.rotation_q.size() != static_cast<std::size_t>(shape_.n_layers) ||
+                    cb.rotation_q[static_cast<std::size_t>(l)].size() != want)) {
+        throw InvalidArgumentError("GpuLlama::upload_codebooks: rotation_q needs one [n_kv_heads, head_dim, head_dim] per layer");
+      }
+      upload(cb.rotation[static_cast<std::size_t>(l)], nullptr, L.rot_t);
+      upload(own_q ? cb.rotation_q[static_cast<std::size_t>(l)] : cb.rotation[static_cast<std::size_t>(l)], nullptr, L.rot_q_t);
       upload(own_v ? cb.rotation_v[static_cast<std::size_t>(l)] : cb.rotation[static_cast<std::size_t>(l)], L.rot_v, L.rot_v_t);
+    }
+    if (opt_.pq_k_channel_group) {
+      const std::size_t want = static_cast<std::size_t>(shape_.n_kv_heads) * shape_.head_dim;
+      std::vector<float> ones(want, 1.0f);
+      const std::vector<float>* sc = &ones;
+      if (!cb.k_scale.empty()) {
+        if (cb.k_scale.size() != static_cast<std::size_t>(shape_.n_layers) || cb.k_scale[static_cast<std::size_t>(l)].size() != want) {
+          throw InvalidArgumentError("GpuLlama::upload_codebooks: k_scale needs one [n_kv_heads, head_dim] per layer");
+        }
+        sc = &cb.k_scale[static_cast<std::size_t>(l)];
+      }
+      check(cudaMemcpy(L.kscale, sc->data(), want * 4, cudaMemcpyHostToDevice), "channel scales");
     }
   }
 }
@@ -1053,7 +1081,7 @@ void GpuLlama::enqueue_step() {
         const int g = opt_.pq_norm_group;
         kgroup_stage_kernel<<<rows_kv, s.head_dim, 0, enc>>>(L.stage_k, L.gbuf, g, m.len, opt_.pq_sinks, s.head_dim);
         kgroup_kernel<<<rows_kv, s.head_dim, 0, enc>>>(L.gbuf, L.kgp, L.uk, g, (opt_.capacity + g - 1) / g, m.len,
-                                                       opt_.pq_sinks, 0, s.head_dim);
+                                                       opt_.pq_sinks, 0, s.head_dim, L.kscale, s.n_kv_heads);
         PQEncodeArgs ge = e;
         ge.n_tokens = g;
         ge.every = g;
@@ -1077,7 +1105,7 @@ void GpuLlama::enqueue_step() {
       const float* qa = m.q;
       float* out = m.att;
       if (opt_.pq_rotate) {
-        rotate_split_kernel<<<B * s.n_heads, rot_threads, 0, stream_>>>(m.q, m.qr, L.rot_t, G, s.n_kv_heads, s.head_dim);
+        rotate_split_kernel<<<B * s.n_heads, rot_threads, 0, stream_>>>(m.q, m.qr, L.rot_q_t, G, s.n_kv_heads, s.head_dim);
         qa = m.qr;
         out = m.att_r;
       }
@@ -1197,7 +1225,7 @@ void GpuLlama::enqueue_prefill(int T) {
       if (opt_.pq_rotate) {
         rotate_kernel<<<R * Hkv, hd, 0, stream_>>>(m.k, m.pf_kr, L.rot_t, 1, Hkv, hd);
         rotate_kernel<<<R * Hkv, hd, 0, stream_>>>(m.v, m.pf_vr, L.rot_v_t, 1, Hkv, hd);
-        rotate_kernel<<<R * s.n_heads, hd, 0, stream_>>>(m.q, m.pf_qr, L.rot_t, G, Hkv, hd);
+        rotate_kernel<<<R * s.n_heads, hd, 0, stream_>>>(m.q, m.pf_qr, L.rot_q_t, G, Hkv, hd);
         kr = m.pf_kr;
         vr = m.pf_vr;
         a.q = m.pf_qr;
@@ -1223,7 +1251,7 @@ void GpuLlama::enqueue_prefill(int T) {
             kgroup_stage_rows_kernel<<<rows, hd, 0, stream_>>>(m.pf_kx, L.gbuf, g, c0, nc, lo, hi, hd);
             if (hi > c0 + nc) break;  // incomplete: its keys wait in gbuf for the next tokens
             kgroup_kernel<<<B * Hkv, hd, 0, stream_>>>(L.gbuf, L.kgp, L.uk, g, (opt_.capacity + g - 1) / g, nullptr, 0,
-                                                       hi, hd);
+                                                       hi, hd, L.kscale, Hkv);
             PQEncodeArgs ge = e;
             ge.n_tokens = g;
             ge.pos0 = lo;

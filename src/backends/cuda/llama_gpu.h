@@ -116,10 +116,14 @@ LlamaHostCodebooks load_codebooks_for_gpu(const std::string& path, const LlamaSh
 /// PQ codebooks per layer for the PQ cache: K and V, [n_kv_heads, M, 256, dsub] f32 each.
 struct LlamaHostCodebooks {
   std::vector<std::vector<float>> k, v;
-  /// pq_rotate: per layer [n_kv_heads, head_dim, head_dim] row-major orthogonal R (rotated = R x)
-  /// of the keys (queries too), and of the values (empty: the keys' ones; the output is rotated
-  /// back with the values' R).
-  std::vector<std::vector<float>> rotation, rotation_v;
+  /// pq_rotate: per layer [n_kv_heads, head_dim, head_dim] row-major R (rotated = R x) of the
+  /// keys, of the queries (empty: the keys' ones, which must then be orthogonal; a qpca
+  /// codebook's T^-T for its T), and of the values (orthogonal; empty: the keys' ones; the
+  /// output is rotated back with the values' R).
+  std::vector<std::vector<float>> rotation, rotation_q, rotation_v;
+  /// pq_k_channel_group: per layer [n_kv_heads, head_dim] channel scales (a qpca codebook's
+  /// channel_scale: stored ranges are range / scale); empty: ones.
+  std::vector<std::vector<float>> k_scale;
 };
 
 class GpuLlama {

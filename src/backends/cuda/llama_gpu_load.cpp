@@ -119,9 +119,11 @@ LlamaHostCodebooks load_codebooks_for_gpu(const std::string& path, const LlamaSh
   o.pq_k_channel_group = set.k_norm == VectorNorm::kChannelGroup;
   o.pq_v_token_norm = set.v_norm == VectorNorm::kToken;
   if (o.pq_k_channel_group) o.pq_norm_group = set.norm_group;
+  const bool qpca = set.rotation == RotationKind::kQueryPca;
+  const auto hd = static_cast<std::size_t>(shape.head_dim);
   LlamaHostCodebooks cb;
   for (int l = 0; l < shape.n_layers; ++l) {
-    std::vector<float> k, v, rk, rv;
+    std::vector<float> k, v, rk, rq, rv, ks;
     for (int h = 0; h < shape.n_kv_heads; ++h) {
       const PQCodebook& ek = set.get(l, h, KVKind::kKey);
       const PQCodebook& ev = set.get(l, h, KVKind::kValue);
@@ -131,12 +133,22 @@ LlamaHostCodebooks load_codebooks_for_gpu(const std::string& path, const LlamaSh
         rk.insert(rk.end(), ek.rotation_matrix.begin(), ek.rotation_matrix.end());
         rv.insert(rv.end(), ev.rotation_matrix.begin(), ev.rotation_matrix.end());
       }
+      if (qpca) {  // queries by Q = T^-T: Q[i][j] = (T^-1)[j][i]
+        for (std::size_t i = 0; i < hd; ++i) {
+          for (std::size_t j = 0; j < hd; ++j) rq.push_back(ek.inverse_matrix[j * hd + i]);
+        }
+        ks.insert(ks.end(), ek.channel_scale.begin(), ek.channel_scale.end());
+      }
     }
     cb.k.push_back(std::move(k));
     cb.v.push_back(std::move(v));
     if (o.pq_rotate) {
       cb.rotation.push_back(std::move(rk));
       cb.rotation_v.push_back(std::move(rv));
+    }
+    if (qpca) {
+      cb.rotation_q.push_back(std::move(rq));
+      cb.k_scale.push_back(std::move(ks));
     }
   }
   return cb;

@@ -80,14 +80,10 @@ void PQCodes::encode_head(int h, const float* x, int n, std::uint16_t* params, s
   const int d = head_dim_;
   const PQCodebook& cb = codebook(h);
   std::vector<float> u(static_cast<std::size_t>(n) * d);
-  if (cb.rotation != RotationKind::kNone) {
-    rotate_vectors(cb.rotation_matrix, d, x, n, u.data());
-  } else {
-    std::copy_n(x, static_cast<std::size_t>(n) * d, u.begin());
-  }
+  cb.rotate(x, n, u.data());
   if (norm_ != VectorNorm::kNone) {
     std::vector<float> par(static_cast<std::size_t>(norm_ == VectorNorm::kToken ? n : 2 * d));
-    normalize_block(norm_, u.data(), n, d, par.data());
+    normalize_block(norm_, u.data(), n, d, par.data(), cb.norm_scale());
     for (std::size_t i = 0; i < par.size(); ++i) params[i] = f32_to_f16(par[i]);
   }
   book(h).encoder->encode(u.data(), n, codes, active_simd_level());
@@ -112,8 +108,8 @@ void PQCodes::decode_head(int h, const std::uint8_t* codes, const std::uint16_t*
     }
     channel_group_denormalize(u.data(), n, d, mn.data(), rg.data(), u.data());
   }
-  if (unrotate && cb.rotation != RotationKind::kNone) {
-    unrotate_vectors(cb.rotation_matrix, d, u.data(), n, out);
+  if (unrotate) {
+    cb.unrotate(u.data(), n, out);
   } else {
     std::copy(u.begin(), u.end(), out);
   }
@@ -239,11 +235,7 @@ std::unique_ptr<PreparedQueries> PQKeyStore::prepare(int kv_head, const float* q
   auto prep = std::make_unique<PQQueries>();
   prep->G = G;
   prep->q.resize(static_cast<std::size_t>(G) * d);
-  if (cb.rotation != RotationKind::kNone) {
-    rotate_vectors(cb.rotation_matrix, d, q, G, prep->q.data());
-  } else {
-    std::copy_n(q, G * d, prep->q.begin());
-  }
+  cb.rotate_queries(q, G, prep->q.data());
   return prep;
 }
 
@@ -385,7 +377,7 @@ void PQValueStore::finish(int kv_head, const float* acc, int G, float* out, Simd
     return;
   }
   std::vector<float> back(static_cast<std::size_t>(G) * d);
-  unrotate_vectors(cb.rotation_matrix, d, acc, G, back.data());
+  cb.unrotate(acc, G, back.data());
   for (std::size_t i = 0; i < back.size(); ++i) out[i] += back[i];
 }
 
