@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates docs/analysis/ (report.md, heads.csv, errors.csv, plots/*.svg): `million analyze`
-# on gutenberg-23m over 8192 tokens of ../shared/text/calib, with default codebooks from
-# `million calibrate` (seed 0; built once into build/analysis/) and analysis windows drawn with
-# seed 1. Needs gnuplot for the plots. Not part of the tests; a few minutes on 2 cores.
+# on gutenberg-23m over 8192 tokens of ../shared/text/calib, with pq-norm codebooks from
+# `million calibrate --rotation hadamard` (the default before qpca, which docs/analysis.md
+# describes; seed 0; built once into build/analysis/) and analysis windows drawn with seed 1. Needs gnuplot for the plots. Not part of the tests; a few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${MODEL:-../shared/models/gutenberg-23m}
@@ -11,7 +11,7 @@ cb=build/analysis/gutenberg-23m.cb
 bash scripts/build.sh >/dev/null
 mkdir -p build/analysis
 if [ ! -f "$cb" ]; then
-  ./build/million calibrate -m "$model" --text "$text" --out "$cb" -q
+  ./build/million calibrate -m "$model" --text "$text" --out "$cb" --rotation hadamard -q
 fi
 ./build/million analyze -m "$model" --text "$text" --max-tokens 8192 --codebook "$cb" --seed 1 -o build/analysis/out
 rm -rf docs/analysis

@@ -124,6 +124,17 @@ TEST(Cli, CalibrateWritesACodebookAndReportsErrors) {
   EXPECT_NE(r.out.find("| 4 |"), std::string::npos) << "one row per layer: " << r.out;
   std::ifstream f(out, std::ios::binary);
   EXPECT_TRUE(f.good()) << "codebook file written";
+  // --rotation auto: qpca for a power-of-two head_dim with channel-grouped keys (the default),
+  // Hadamard when the keys are normalised otherwise.
+  EXPECT_NE(r.err.find("rotation qpca"), std::string::npos) << r.err;
+  r = run("calibrate -m models/stories260K/stories260K.bin --text models/stories260K/README.md --out " + out +
+          " --k pq:M=4,nbits=4 --v pq:M=4,nbits=4 --samples 256 --ctx 128 --k-norm token");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("rotation hadamard"), std::string::npos) << r.err;
+  r = run("calibrate -m models/stories260K/stories260K.bin --text models/stories260K/README.md --out " + out +
+          " --k pq:M=4,nbits=4 --v pq:M=4,nbits=4 --samples 256 --ctx 128 --k-norm token --rotation qpca");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--rotation qpca needs --k-norm channel-group"), std::string::npos) << r.err;
 
   r = run("calibrate -m models/stories260K/stories260K.bin --text models/stories260K/README.md --out " + out +
           " --k pq:M=3,nbits=4");

@@ -57,8 +57,16 @@ void run_calibrate(const CalibrateArgs& a, int verbosity) {
   opt.granularity = parse_granularity(a.granularity);
   const int head_dim = model.config().head_dim;
   const bool pow2 = head_dim > 0 && (head_dim & (head_dim - 1)) == 0;
-  opt.rotation = a.rotation == "auto" ? (pow2 ? RotationKind::kHadamard : RotationKind::kNone) : parse_rotation(a.rotation);
   opt.k_norm = parse_vector_norm(a.k_norm);
+  // auto: the best variant measured (docs/pq-research.md) where it applies: qpca needs a
+  // power-of-two head_dim (its values are Hadamard-rotated) and key channel-groups.
+  if (a.rotation == "auto") {
+    opt.rotation = !pow2 ? RotationKind::kNone
+                   : opt.k_norm == VectorNorm::kChannelGroup ? RotationKind::kQueryPca
+                                                             : RotationKind::kHadamard;
+  } else {
+    opt.rotation = parse_rotation(a.rotation);
+  }
   opt.v_norm = parse_vector_norm(a.v_norm);
   opt.norm_group = a.norm_group;
   opt.samples = a.samples;
@@ -129,8 +137,9 @@ void register_calibrate(CLI::App& app, int& verbosity) {
       "calibrate",
       "Learn PQ codebooks for a model's keys and values from calibration text (writes a codebook file).\n"
       "Defaults (the most accurate variant measured, docs/pq-research.md): one codebook per (layer, kv head), "
-      "Hadamard rotation, keys normalised per channel over groups of 128 tokens, values by their per-token "
-      "norm; 4 bits per element (M=64, nbits=8) plus 0.25 (K) / 0.125 (V) for the normalisation. "
+      "keys through the query-aware transform qpca and normalised per channel over groups of 128 tokens, "
+      "values Hadamard-rotated and divided by their per-token norm; 4 bits per element (M=64, nbits=8) plus "
+      "0.25 (K) / 0.125 (V) for the normalisation. 2 bits: --k pq:M=32,nbits=8 --v pq:M=32,nbits=8 (head_dim 128). "
       "--rotation none --k-norm none --v-norm none gives plain PQ; --granularity shared the paper's public code.");
   cmd->add_option("-m,--model", args->model, "Model: Hugging Face directory, .gguf file or llama2.c .bin")->required();
   cmd->add_option("--tokenizer", args->tokenizer, "Tokenizer file (default: found beside the model)");
@@ -142,8 +151,8 @@ void register_calibrate(CLI::App& app, int& verbosity) {
   cmd->add_option("--granularity", args->granularity, "Codebook sharing: shared, layer, layer-head")->capture_default_str();
   cmd->add_option("--rotation", args->rotation,
                   "Rotation before PQ: none, hadamard, opq, qpca (keys by a query-aware learned transform, values "
-                  "hadamard; needs --k-norm channel-group; a second pass over the text), auto (hadamard when "
-                  "head_dim is a power of two)")
+                  "hadamard; needs --k-norm channel-group; a second pass over the text), auto (qpca when head_dim "
+                  "is a power of two and keys are channel-grouped, else hadamard for a power of two, else none)")
       ->capture_default_str();
   cmd->add_option("--k-norm", args->k_norm,
                   "Key normalisation after the rotation: none, token (per-token norm, +16 bits per token), "
