@@ -214,6 +214,20 @@ TEST(Calibrate, TooLittleTextAndBadOptionsAreClearErrors) {
   EXPECT_THROW(calibrate(model, fp, sampled_documents(model, 1, 64), opt, nullptr), InvalidArgumentError);
 }
 
+// The .txt files of text_dir tokenized with the model's SentencePiece tokenizer (BOS first), in
+// file-name order (directory order is not fixed).
+std::vector<std::vector<int>> calibration_documents(const std::string& model_dir, const std::string& text_dir) {
+  auto tok = load_sentencepiece_tokenizer(model_dir + "/tokenizer.model");
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::directory_iterator(text_dir)) {
+    if (e.path().extension() == ".txt") files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  std::vector<std::vector<int>> docs;
+  for (const auto& f : files) docs.push_back(tok->encode(slurp(f), true));
+  return docs;
+}
+
 TEST(Calibrate, Gutenberg23MOnCalibrationBooks) {
   const std::string dir = test::shared_dir() + "/models/gutenberg-23m";
   const std::string text_dir = test::shared_dir() + "/text/calib";
@@ -221,11 +235,7 @@ TEST(Calibrate, Gutenberg23MOnCalibrationBooks) {
     GTEST_SKIP() << "gutenberg-23m or text/calib not found under " << test::shared_dir();
   }
   Model model(load_hf_weights(dir));
-  auto tok = load_sentencepiece_tokenizer(dir + "/tokenizer.model");
-  std::vector<std::vector<int>> docs;
-  for (const auto& e : std::filesystem::directory_iterator(text_dir)) {
-    if (e.path().extension() == ".txt") docs.push_back(tok->encode(slurp(e.path().string()), true));
-  }
+  const auto docs = calibration_documents(dir, text_dir);
   CalibrateOptions opt;  // the default M=64 nbits=8 (4 bits/element), fewer samples to keep the test short
   opt.samples = 4096;
   opt.ctx = 1024;
@@ -265,12 +275,7 @@ TEST(Calibrate, QueryPcaBeatsHadamardOnGutenberg23M) {
     GTEST_SKIP() << "gutenberg-23m, its eval tokens or text/calib not found under " << test::shared_dir();
   }
   Model model(load_hf_weights(dir));
-  auto tok = load_sentencepiece_tokenizer(dir + "/tokenizer.model");
-  std::vector<std::vector<int>> docs;
-  for (const auto& e : std::filesystem::directory_iterator(text_dir)) {
-    if (e.path().extension() == ".txt") docs.push_back(tok->encode(slurp(e.path().string()), true));
-  }
-  std::sort(docs.begin(), docs.end());  // directory order is not fixed
+  const auto docs = calibration_documents(dir, text_dir);
   const std::string raw = slurp(heldout);
   const int n = 1024;
   ASSERT_GE(raw.size(), 2u * n);
