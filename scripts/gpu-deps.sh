@@ -21,16 +21,19 @@ if [ -f "$GUT/eval-tokens/heldout_eval.bin" ] && [ ! -f device-carry/gutenberg-2
 fi
 # Its codebooks from an evaluation run's work folder (scripts/eval-results.sh calibrates them
 # with `million calibrate` on ../shared/text/calib): pq-norm 4-bit for the GPU's real-model PQ
-# test (or CODEBOOK=file), and CODEBOOKS (default pq-qpca-2bit pq-paper-4bit pq-paper-2bit) for
-# scripts/gpu-quality.sh. The carry to a GPU machine holds 64 MiB: the model (45 MiB), the
-# pq-norm 4-bit book (6 MiB) and one qpca book (7 MiB) fit, a second one does not.
+# test (or CODEBOOK=file; NO_TEST_CODEBOOK=1 skips it), and CODEBOOKS (default pq-norm-2bit
+# pq-paper-4bit pq-paper-2bit) for scripts/gpu-quality.sh. What is carried to a GPU machine
+# (checkout + device-carry + .gpu-deps) must stay under 64 MiB: the checkout (6 MB), the model
+# (46 MB) and these books (13 MB) just fit; a qpca book (7.3 MB) fits only in place of both
+# pq-norm books: NO_TEST_CODEBOOK=1 CODEBOOKS="pq-qpca-2bit pq-paper-4bit pq-paper-2bit" on a
+# device-carry/ without them (the gutenberg real-KV GPU tests then skip).
 WORKDIR=${WORK:-/tmp/million-eval}
 CB=${CODEBOOK:-$WORKDIR/gutenberg-23m-pq-norm-4bit.cb}
-if [ -f "$CB" ] && [ ! -f device-carry/gutenberg-23m-pq-norm-4bit.cb ]; then
+if [ -z "${NO_TEST_CODEBOOK:-}" ] && [ -f "$CB" ] && [ ! -f device-carry/gutenberg-23m-pq-norm-4bit.cb ]; then
   mkdir -p device-carry && cp "$CB" device-carry/gutenberg-23m-pq-norm-4bit.cb
   echo "gpu-deps: $CB in device-carry/"
 fi
-for v in ${CODEBOOKS:-pq-qpca-2bit pq-paper-4bit pq-paper-2bit}; do
+for v in ${CODEBOOKS:-pq-norm-2bit pq-paper-4bit pq-paper-2bit}; do
   if [ -f "$WORKDIR/gutenberg-23m-$v.cb" ] && [ ! -f "device-carry/gutenberg-23m-$v.cb" ]; then
     mkdir -p device-carry && cp "$WORKDIR/gutenberg-23m-$v.cb" device-carry/
     echo "gpu-deps: gutenberg-23m-$v.cb in device-carry/"
